@@ -1,0 +1,42 @@
+"""The `twelve-in-one` console script: `twelve-in-one <command> [--flags]`.
+
+Each command is a module `twelve_in_one.commands.<command>` that defines its absl flags and a
+`main(argv)`; the flags of one command are only defined when that command runs, so
+`--help` of each command lists its own flags only.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+COMMANDS = {
+    "forward": "run every task's forward pass on random inputs (a smoke test of the model)",
+    "convert": "official PyTorch / npz / safetensors checkpoint <-> our orbax checkpoint",
+    "parity": "compare our forward with reference outputs from the official code",
+}
+
+
+def usage() -> str:
+  lines = ["usage: twelve-in-one <command> [--flag=value ...]", "", "commands:"]
+  lines += [f"  {name:<10} {text}" for name, text in COMMANDS.items()]
+  lines += ["", "`twelve-in-one <command> --help` lists the command's flags."]
+  return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+  argv = list(sys.argv if argv is None else argv)
+  if len(argv) < 2 or argv[1] in ("-h", "--help", "help"):
+    print(usage())
+    sys.exit(0 if len(argv) >= 2 else 2)
+  command = argv[1]
+  if command not in COMMANDS:
+    print(f"twelve-in-one: unknown command {command!r}\n\n{usage()}", file=sys.stderr)
+    sys.exit(2)
+  from absl import app  # imported late so `--help` of the dispatcher stays instant
+  module = importlib.import_module(f"twelve_in_one.commands.{command}")
+  app.run(module.main, argv=[f"twelve-in-one {command}"] + argv[2:])
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,1 @@
+"""Subcommands of the `twelve-in-one` console script, one module each."""
