@@ -192,7 +192,7 @@ def tiny_config(**overrides: Any) -> ViLBertConfig:
   exercised; the answer heads keep their real sizes so output shapes are the official ones.
   """
   values = dict(vocab_size=1000, hidden_size=24, num_hidden_layers=5, num_attention_heads=3,
-                intermediate_size=40, max_position_embeddings=64, v_hidden_size=40,
+                intermediate_size=40, max_position_embeddings=512, v_hidden_size=40,
                 v_num_hidden_layers=3, v_num_attention_heads=2, v_intermediate_size=56,
                 bi_hidden_size=18, bi_num_attention_heads=3, v_biattention_id=(0, 2),
                 t_biattention_id=(2, 4))

@@ -204,8 +204,14 @@ def dummy_inputs(config: ViLBertConfig, batch: int = 2, seq_len: int = 4,
 
 
 def init_variables(model: ViLBertForVLTasks, rng: jax.Array) -> dict:
-  """All variables, boxed with their logical axis names (`nn.LogicallyPartitioned`)."""
-  return model.init(rng, **dummy_inputs(model.config), outputs=all_outputs(model.config))
+  """All variables, boxed with their logical axis names (`nn.LogicallyPartitioned`).
+
+  Compiled as one program: run eagerly, every initialiser would be dispatched (and compiled)
+  op by op, which takes tens of seconds even for the tiny model.
+  """
+  inputs = dummy_inputs(model.config)
+  outputs = all_outputs(model.config)
+  return jax.jit(lambda key: model.init(key, **inputs, outputs=outputs))(rng)
 
 
 def init_params(model: ViLBertForVLTasks, rng: jax.Array) -> dict:
