@@ -38,6 +38,7 @@ class Task:
   val_split: str
   eval_splits: tuple[str, ...]
   features: str                # region-feature LMDB, relative to the release's datasets/
+  dataroot: str = ""           # annotation folder, relative to the release's datasets/
   gt_features: str | None = None
   process: str = "normal"      # normal | retrieval (K options per example) | nlvr (2 images)
   num_options: int = 1         # retrieval: options per caption in training
@@ -70,38 +71,50 @@ _FLICKR = "flickr30k/flickr30k_resnext152_faster_rcnn_genome.lmdb"
 
 TASKS: dict[str, Task] = {t.name: t for t in (
     Task("vqa", 1, "VQA", "VL-classifier", "vqa", 23, 101, 128, 4e-5, 20,
-         "trainval", "minval", ("minval", "test"), _COCO),
+         "trainval", "minval", ("minval", "test"), _COCO,
+         dataroot="VQA"),
     Task("genome_qa", 2, "GenomeQA", "VL-classifier", "genome_qa", 26, 101, 128, 4e-5, 20,
-         "train", "val", ("val",), "visual_genome/vg_resnext152_faster_rcnn_genome.lmdb"),
+         "train", "val", ("val",), "visual_genome/vg_resnext152_faster_rcnn_genome.lmdb",
+         dataroot="visual_genome"),
     Task("visual7w", 4, "Visual7w", "V-logit-mc", "visual7w", 20, 200, 256, 2e-5, 20,
          "train", "val", ("val", "test"), "visual7w/visual7w_resnext152_faster_rcnn_genome.lmdb",
-         gt_features="visual7w/visual7w_gt_resnext152_faster_rcnn_genome.lmdb"),
+         gt_features="visual7w/visual7w_gt_resnext152_faster_rcnn_genome.lmdb",
+         dataroot="visual7w"),
     Task("retrieval_coco", 7, "RetrievalCOCO", "VL-logit", "retrieval_coco", 30, 101, 128,
-         2e-5, 20, "train", "val", ("test",), _COCO, process="retrieval", num_options=4),
+         2e-5, 20, "train", "val", ("test",), _COCO, process="retrieval", num_options=4,
+         dataroot="cocoRetreival"),
     Task("retrieval_flickr30k", 8, "RetrievalFlickr30k", "VL-logit", "retrieval_flickr30k",
          30, 101, 128, 2e-5, 20, "train", "val", ("test",), _FLICKR, process="retrieval",
-         num_options=4),
+         num_options=4,
+         dataroot="flickr30k"),
     Task("refcoco", 9, "refcoco", "V-logit", "refcoco", 20, 101, 256, 2e-5, 20, "train", "val",
          ("val", "testA", "testB"), "refcoco/refcoco_unc/refcoco_resnext152_faster_rcnn_genome.lmdb",
-         gt_features="refcoco/refcoco_unc/refcoco_gt_resnext152_faster_rcnn_genome.lmdb"),
+         gt_features="refcoco/refcoco_unc/refcoco_gt_resnext152_faster_rcnn_genome.lmdb",
+         dataroot="refcoco"),
     Task("refcoco_plus", 10, "refcoco+", "V-logit", "refcoco_plus", 20, 101, 256, 2e-5, 20,
          "train", "val", ("val", "testA", "testB"),
          "refcoco/refcoco+_unc/refcoco+_resnext152_faster_rcnn_genome.lmdb",
-         gt_features="refcoco/refcoco+_unc/refcoco+_gt_resnext152_faster_rcnn_genome.lmdb"),
+         gt_features="refcoco/refcoco+_unc/refcoco+_gt_resnext152_faster_rcnn_genome.lmdb",
+         dataroot="refcoco"),
     Task("refcocog", 11, "refcocog", "V-logit", "refcocog", 20, 101, 256, 2e-5, 20, "train",
          "val", ("val", "test"),
          "refcoco/refcocog_umd/refcocog_resnext152_faster_rcnn_genome.lmdb",
-         gt_features="refcoco/refcocog_umd/refcocog_gt_resnext152_faster_rcnn_genome.lmdb"),
+         gt_features="refcoco/refcocog_umd/refcocog_gt_resnext152_faster_rcnn_genome.lmdb",
+         dataroot="refcoco"),
     Task("nlvr2", 12, "NLVR2", "VL-binary-classifier", "nlvr2", 40, 101, 64, 2e-5, 20, "train",
          "dev", ("dev", "test"), "nlvr2/nlvr2_resnext152_faster_rcnn_genome.lmdb",
-         process="nlvr", images_per_example=2),
+         process="nlvr", images_per_example=2,
+         dataroot="nlvr2"),
     Task("snli_ve", 13, "VisualEntailment", "VL-tri-classifier", "snli_ve", 56, 101, 256, 2e-5,
-         20, "train", "dev", ("dev", "test"), _FLICKR),
+         20, "train", "dev", ("dev", "test"), _FLICKR,
+         dataroot="visual_entailment"),
     Task("gqa", 15, "GQA", "VL-classifier-GQA", "gqa", 26, 101, 128, 4e-5, 20, "trainval",
-         "minval", ("minval", "test"), "gqa/gqa_resnext152_faster_rcnn_genome.lmdb"),
+         "minval", ("minval", "test"), "gqa/gqa_resnext152_faster_rcnn_genome.lmdb",
+         dataroot="gqa"),
     Task("guesswhat_pointing", 17, "GuessWhatPointing", "V-logit-mc", "guesswhat_pointing",
          256, 306, 64, 2e-5, 20, "train", "valid", ("valid", "test"), _COCO,
-         gt_features="guesswhat/guesswhat_gt_resnext152_faster_rcnn_genome.lmdb"),
+         gt_features="guesswhat/guesswhat_gt_resnext152_faster_rcnn_genome.lmdb",
+         dataroot="guesswhat"),
 )}
 
 # The paper's twelve tasks in the README command's order (`--tasks 1-2-4-7-...-15-17`): the
@@ -143,4 +156,5 @@ def task_by_id(task_id: int) -> Task:
     if task.task_id == task_id:
       return task
   raise ValueError(f"no task with official id {task_id}; known ids "
-                   f"{sorted(t.task_id for t in TASKS.values())}")
+                   f"{sorted(t.task_id for t in TASKS.values())}",
+         dataroot="guesswhat")
