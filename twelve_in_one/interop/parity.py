@@ -1,0 +1,255 @@
+"""Parity of our forward with reference outputs recorded from the official PyTorch code.
+
+A fixture folder (e.g. `shared/fixtures/vilbert_tiny/`) holds:
+
+* an official JSON config (`*config*.json`) and a state dict (`*state_dict*.npz`, else
+  `.safetensors`, else torch `.bin`/`.pt`) under the official names;
+* `inputs.npz`: `input_ids`, `token_type_ids`, `attention_mask`, `image_feat`, `image_loc`,
+  `image_mask` for all samples, and `task_ids.<run>` per run;
+* `manifest.json` with `"runs": {run: {"samples": [...], "task_ids": [...]}}`;
+* `outputs.npz` (float32) and `outputs_fp64.npz` (float64): `<run>.<output>` and
+  `<run>.bert.<intermediate>`.
+
+`run_parity` loads the state dict through the converter, runs every run of the manifest in
+eval mode and compares every reference array it can map to one of our outputs. Nothing here
+knows the shared fixture's sizes or run names.
+
+Decisions, printed with the results:
+* Error metric per array: max|ours - ref| / max(1, max|ref|), i.e. absolute for arrays of
+  size <= 1 and relative to the array's scale beyond; the absolute difference is reported too.
+* `vision_logit` is compared on real regions and on padded regions separately: the padded
+  entries carry the -10000 mask and would otherwise set the array's scale.
+* `vil_binary_prediction` on an odd batch: the official forward silently returns the
+  pretraining alignment head `cls.bi_seq_relationship(pooled)`. Our model refuses an odd batch
+  for that head (a different function under the same name is a trap in training code), so the
+  reference is compared with our `bi_seq_relationship` output, and the row says so.
+* `linguisic_logit` is an official head that no task uses; our model leaves it out (like the
+  unused `q_dense1/2`), so it is listed as not mapped, not as a failure.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import glob
+import json
+import os
+from typing import Any
+
+import jax
+import numpy as np
+
+from twelve_in_one.interop.checkpoint_io import read_state_dict
+from twelve_in_one.interop.official import ConversionReport, import_official
+from twelve_in_one.models import ALL_OUTPUTS, BACKBONE_OUTPUTS, ViLBertConfig, ViLBertForVLTasks
+
+# Fixture input name -> our keyword argument. `co_attention_mask` is not passed: it has no
+# effect in the official forward (spec §1.6).
+INPUTS = {"input_ids": "input_ids", "token_type_ids": "segment_ids",
+          "attention_mask": "input_mask", "image_feat": "image_feat",
+          "image_loc": "image_loc", "image_mask": "image_mask"}
+UNUSED_HEADS = {"linguisic_logit": "not mapped: unused head left out (no task reads it; like "
+                                   "q_dense1/q_dense2 it is not part of our model)"}
+ODD_BATCH_NOTE = ("odd batch: the official forward returns cls.bi_seq_relationship(pooled) "
+                  "under this name; compared with our bi_seq_relationship (our "
+                  "vil_binary_prediction refuses odd batches)")
+
+
+@dataclasses.dataclass
+class ArrayDiff:
+  """One compared array: `key` is the reference key, `ours` our output it was compared with."""
+  key: str
+  ours: str
+  shape: tuple[int, ...]
+  max_abs: float          # max |ours - ref|
+  ref_max: float          # max |ref|
+  error: float            # max_abs / max(1, ref_max)
+  passed: bool
+  note: str = ""
+
+
+@dataclasses.dataclass
+class ParityReport:
+  """Every comparison of one fixture, plus what could not be mapped and why."""
+  fixture: str
+  dtype: str
+  tolerance: float
+  diffs: list[ArrayDiff]
+  not_mapped: list[tuple[str, str]]
+  conversion: ConversionReport
+
+  @property
+  def passed(self) -> bool:
+    return bool(self.diffs) and all(d.passed for d in self.diffs)
+
+  @property
+  def failures(self) -> list[ArrayDiff]:
+    return [d for d in self.diffs if not d.passed]
+
+  def format_table(self) -> str:
+    """The human-readable table the `parity` command prints."""
+    width = max([len(d.key) for d in self.diffs] + [20])
+    lines = [f"parity of {self.fixture} ({self.dtype}); error = max|ours - ref| / "
+             f"max(1, max|ref|), tolerance {self.tolerance:g}",
+             f"{'reference array':<{width}}  {'shape':<16} {'max|ref|':>10} {'max abs diff':>12} "
+             f"{'error':>10}  result"]
+    for d in self.diffs:
+      lines.append(f"{d.key:<{width}}  {str(d.shape):<16} {d.ref_max:>10.4g} {d.max_abs:>12.3e} "
+                   f"{d.error:>10.3e}  {'ok' if d.passed else 'FAIL'}"
+                   + (f"  [{d.note}]" if d.note else ""))
+    for key, why in self.not_mapped:
+      lines.append(f"{key:<{width}}  {why}")
+    worst = max(self.diffs, key=lambda d: d.error, default=None)
+    verdict = "PASS" if self.passed else "FAIL"
+    lines.append(f"{verdict}: {len(self.diffs)} arrays compared, {len(self.failures)} over "
+                 f"tolerance, {len(self.not_mapped)} not mapped"
+                 + (f"; worst {worst.key} at {worst.error:.3e}" if worst else ""))
+    return "\n".join(lines)
+
+
+def _find_one(fixture_dir: str, patterns: tuple[str, ...], what: str) -> str:
+  """The first pattern that matches exactly one file wins; ambiguity is an error."""
+  for pattern in patterns:
+    found = sorted(p for p in glob.glob(os.path.join(fixture_dir, pattern))
+                   if not os.path.basename(p).endswith("manifest.json"))
+    if len(found) == 1:
+      return found[0]
+    if len(found) > 1:
+      raise ValueError(f"{fixture_dir}: several {what} files match {pattern}: "
+                       f"{[os.path.basename(p) for p in found]}")
+  raise FileNotFoundError(f"{fixture_dir}: no {what} file (looked for {list(patterns)})")
+
+
+def _load_npz(path: str) -> dict[str, np.ndarray]:
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"{path}: missing from the fixture")
+  return dict(read_state_dict(path))
+
+
+def map_reference(name: str, batch: int, config: ViLBertConfig) -> tuple[str | None, str]:
+  """A reference output name (without the run) -> (our output name or None, note)."""
+  if name.startswith("bert."):
+    inner = name[len("bert."):]
+    if inner in BACKBONE_OUTPUTS:
+      return inner, ""
+    return None, "not mapped: no intermediate of that name in our backbone"
+  if name in UNUSED_HEADS:
+    return None, UNUSED_HEADS[name]
+  if name == "vil_binary_prediction" and batch % 2:
+    return "bi_seq_relationship", ODD_BATCH_NOTE
+  if name in ALL_OUTPUTS:
+    if name in ("linguisic_prediction", "vision_prediction", "bi_seq_relationship") and (
+        not config.with_pretraining_heads):
+      return None, "not mapped: the config has with_pretraining_heads=False"
+    return name, ""
+  return None, "not mapped: no output of that name in our model"
+
+
+@functools.partial(jax.jit, static_argnames=("config", "outputs"))
+def _forward(params, inputs, task_ids, *, config: ViLBertConfig, outputs: tuple[str, ...]):
+  # Module-level and keyed on (config, outputs): runs of the same shapes share one compile.
+  return ViLBertForVLTasks(config).apply({"params": params}, **inputs, task_ids=task_ids,
+                                         outputs=outputs, deterministic=True)
+
+
+def _compare(key: str, ours_name: str, ours: np.ndarray, ref: np.ndarray, tolerance: float,
+             note: str = "") -> ArrayDiff:
+  if ours.shape != ref.shape:
+    return ArrayDiff(key, ours_name, tuple(ref.shape), float("inf"), float("nan"),
+                     float("inf"), False, f"shape mismatch: ours {ours.shape}, reference "
+                     f"{ref.shape}" + (f"; {note}" if note else ""))
+  diff = np.abs(ours.astype(np.float64) - ref.astype(np.float64))
+  max_abs = float(diff.max()) if diff.size else 0.0
+  ref_max = float(np.abs(ref).max()) if ref.size else 0.0
+  if not np.isfinite(max_abs):      # NaN/inf anywhere is a failure, never a silent pass
+    max_abs = float("inf")
+  error = max_abs / max(1.0, ref_max)
+  return ArrayDiff(key, ours_name, tuple(ref.shape), max_abs, ref_max, error,
+                   error <= tolerance, note)
+
+
+def run_parity(fixture_dir: str | os.PathLike, *, tolerance: float = 1e-5,
+               float64: bool = False) -> ParityReport:
+  """Loads a fixture through the converter, runs every run of its manifest and compares.
+
+  Args:
+    fixture_dir: a folder laid out as described in the module docstring.
+    tolerance: largest allowed error per array (see the module docstring for the metric).
+    float64: run in float64 against `outputs_fp64.npz`; needs `jax_enable_x64` already on
+      (it changes every later computation of the process, so the caller decides).
+
+  Returns:
+    The report; `report.passed` is False if any compared array exceeds the tolerance.
+  """
+  fixture_dir = os.fspath(fixture_dir)
+  if float64 and not jax.config.jax_enable_x64:
+    raise RuntimeError("float64 parity needs jax.config.update('jax_enable_x64', True) before "
+                       "any computation (the `parity --float64` command does this)")
+  dtype = np.float64 if float64 else np.float32
+  config_path = _find_one(fixture_dir, ("*config*.json",), "official config")
+  config = ViLBertConfig.from_json(config_path, dtype="float64" if float64 else "float32")
+  state_path = _find_one(fixture_dir, ("*state_dict*.npz", "*state_dict*.safetensors",
+                                       "*state_dict*.bin", "*state_dict*.pt"), "state dict")
+  params, conversion = import_official(read_state_dict(state_path), config, dtype=dtype,
+                                       source=state_path)
+  with open(os.path.join(fixture_dir, "manifest.json")) as f:
+    runs = json.load(f).get("runs")
+  if not runs:
+    raise ValueError(f"{fixture_dir}/manifest.json: no \"runs\" to compare")
+  inputs = _load_npz(os.path.join(fixture_dir, "inputs.npz"))
+  references = _load_npz(os.path.join(fixture_dir, "outputs_fp64.npz" if float64
+                                      else "outputs.npz"))
+
+  diffs: list[ArrayDiff] = []
+  not_mapped: list[tuple[str, str]] = []
+  # Longest run name first, so that a run called "a.b" is not taken for run "a".
+  by_length = sorted(runs, key=len, reverse=True)
+  keys_of_run: dict[str, list[str]] = {run: [] for run in runs}
+  for key in references:
+    run = next((r for r in by_length if key.startswith(r + ".")), None)
+    if run is None:
+      not_mapped.append((key, "not mapped: its run is not in manifest.json"))
+    else:
+      keys_of_run[run].append(key)
+
+  for run, spec in runs.items():
+    samples = np.asarray(spec["samples"], np.int64)
+    batch = len(samples)
+    run_inputs = {}
+    for fixture_name, ours in INPUTS.items():
+      array = inputs[fixture_name][samples]
+      run_inputs[ours] = (array.astype(dtype) if np.issubdtype(array.dtype, np.floating)
+                          else array.astype(np.int32))
+    task_ids = None
+    if config.task_specific_tokens:
+      task_ids = inputs.get(f"task_ids.{run}")
+      if task_ids is None:
+        task_ids = np.asarray(spec["task_ids"]).reshape(batch, 1)
+      task_ids = np.asarray(task_ids, np.int32)
+    wanted: dict[str, tuple[str, str]] = {}
+    for key in keys_of_run[run]:
+      ours, note = map_reference(key[len(run) + 1:], batch, config)
+      if ours is None:
+        not_mapped.append((key, note))
+      else:
+        wanted[key] = (ours, note)
+    if not wanted:
+      continue
+    outputs = _forward(params, run_inputs, task_ids, config=config,
+                       outputs=tuple(sorted({ours for ours, _ in wanted.values()})))
+    outputs = jax.tree.map(np.asarray, outputs)
+    for key, (ours, note) in wanted.items():
+      ref = references[key]
+      if ours == "vision_logit" and ref.shape[:2] == run_inputs["image_mask"].shape:
+        real = run_inputs["image_mask"].astype(bool)
+        for part, select, extra in (("real", real, "real regions"),
+                                    ("padded", ~real, "padded regions: -10000 + logit")):
+          if select.any() and outputs[ours].shape == ref.shape:
+            diffs.append(_compare(f"{key}[{part}]", ours, outputs[ours][select], ref[select],
+                                  tolerance, extra))
+        if outputs[ours].shape != ref.shape:
+          diffs.append(_compare(key, ours, outputs[ours], ref, tolerance))
+      else:
+        diffs.append(_compare(key, ours, outputs[ours], ref, tolerance, note))
+  return ParityReport(fixture=fixture_dir, dtype=np.dtype(dtype).name, tolerance=tolerance,
+                      diffs=diffs, not_mapped=not_mapped, conversion=conversion)
