@@ -5,10 +5,20 @@ XLA_FLAGS must be set before jax is imported anywhere, which is why this lives h
 
 import os
 import pathlib
+import tempfile
 
+# 8 fake CPU devices stand in for a mesh. LLVM at -O0 halves XLA's compile time, which
+# dominates the suite (tiny shapes run in milliseconds either way); subprocesses inherit both.
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                           " --xla_force_host_platform_device_count=8").strip()
+                           " --xla_force_host_platform_device_count=8"
+                           " --xla_backend_optimization_level=0").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# One persistent compilation cache for the whole session (and its subprocesses): the same
+# tiny-model programs are compiled by many tests and by each resumed training run.
+_CACHE = os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
+                               os.path.join(tempfile.gettempdir(), "twelve_in_one_jax_cache"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 import pytest  # noqa: E402
 

@@ -11,9 +11,12 @@ import importlib
 import sys
 
 COMMANDS = {
+    "train": "multi-task training (round-robin, DSG), resuming from the workdir",
     "forward": "run every task's forward pass on random inputs (a smoke test of the model)",
     "convert": "official PyTorch / npz / safetensors checkpoint <-> our orbax checkpoint",
     "parity": "compare our forward with reference outputs from the official code",
+    "generate": "write the generated mini 12-in-1 release (synthetic scenes, release formats)",
+    "prepare": "official data release of one task -> prepared TFDS (array_record) datasets",
 }
 
 

@@ -160,7 +160,7 @@ class ViLBertForVLTasks(nn.Module):
     if "vil_binary_prediction" in wanted:
       pairs = pooled.reshape(batch // 2, 2 * cfg.bi_hidden_size)
       result["vil_binary_prediction"] = SimpleClassifier(
-          2 * cfg.bi_hidden_size, 2, cfg, in_axis="cls_hidden",
+          2 * cfg.bi_hidden_size, 2, cfg, in_axis="embed_bi",
           name="vil_binary_prediction")(pairs)
     if "vil_logit" in wanted:
       result["vil_logit"] = head(1, "vil_logit")(pooled)

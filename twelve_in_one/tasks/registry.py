@@ -156,5 +156,4 @@ def task_by_id(task_id: int) -> Task:
     if task.task_id == task_id:
       return task
   raise ValueError(f"no task with official id {task_id}; known ids "
-                   f"{sorted(t.task_id for t in TASKS.values())}",
-         dataroot="guesswhat")
+                   f"{sorted(t.task_id for t in TASKS.values())}")

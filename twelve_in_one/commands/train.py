@@ -1,0 +1,27 @@
+"""`twelve-in-one train --config configs/twelve_in_one.py:VARIANT --workdir DIR [--config.x=v]`.
+
+Runs (or resumes, when DIR holds checkpoints) multi-task training and prints the final table.
+See `configs/twelve_in_one.py` for the variants and the commands that run them.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from absl import flags, logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "training config file[:variant]",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "where checkpoints, logs and results go")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+  del argv
+  from twelve_in_one.train.entry import run_training   # heavy imports after flag parsing
+  logging.set_verbosity(logging.INFO)
+  result = run_training(_CONFIG.value, _WORKDIR.value)
+  if result.preempted:
+    print(f"preempted after iteration {result.iterations}; rerun the same command to resume")
+    sys.exit(0)

@@ -1,0 +1,116 @@
+"""Where a task's release files are, and the image-id bookkeeping every builder shares."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from twelve_in_one.data.annotations.clean import CLEAN_SOURCE_OF_DATASET, load_test_image_ids
+from twelve_in_one.data.errors import DataError
+from twelve_in_one.data.features import FeatureLMDB, FeatureReader, ImageFeatures
+from twelve_in_one.data.tokenizer import Tokenizer
+
+if TYPE_CHECKING:
+  from twelve_in_one.tasks.registry import Task
+
+# Which entry of CLEAN_SOURCE_OF_DATASET each task's dataset uses.
+CLEAN_KEY_OF_DATASET = {
+    "vqa": "vqa", "genome_qa": "genome", "gqa": "gqa", "retrieval_coco": "retrieval_coco",
+    "retrieval_flickr30k": "retrieval_flickr30k", "refcoco": "refcoco", "refcoco_plus": "refcoco",
+    "refcocog": "refcoco", "visual7w": "visual7w", "guesswhat_pointing": "guesswhat",
+    "snli_ve": "snli_ve",
+}
+
+
+def datasets_root(release_dir: str | os.PathLike[str]) -> Path:
+  """The release's `datasets/` folder: `release_dir/datasets` if present, else `release_dir`."""
+  root = Path(release_dir)
+  return root / "datasets" if (root / "datasets").is_dir() else root
+
+
+@dataclasses.dataclass
+class BuildContext:
+  """A task's release files and the shared tokenizer, for the builders of its splits.
+
+  Attributes:
+    task: the registry task (possibly `dataclasses.replace`d, e.g. with fewer regions).
+    datasets_dir: the release's `datasets/` folder; the task's paths are relative to it.
+    tokenizer: the WordPiece tokenizer.
+    clean: apply the "clean" filter (drop training images of any task's test set), as the
+      official `--clean_train_sets True` default does.
+  """
+  task: Task
+  datasets_dir: Path
+  tokenizer: Tokenizer
+  clean: bool = True
+  _readers: dict[str, FeatureReader] = dataclasses.field(default_factory=dict)
+
+  @property
+  def dataroot(self) -> Path:
+    """The task's annotation folder."""
+    return self.datasets_dir / self.task.dataroot
+
+  def feature_path(self, gt: bool = False) -> Path:
+    relative = self.task.gt_features if gt else self.task.features
+    if relative is None:
+      raise ValueError(f"task {self.task.name} has no GT-box feature file")
+    return self.datasets_dir / relative
+
+  def features(self, gt: bool = False) -> FeatureReader:
+    """The task's (GT-box) feature LMDB, opened once."""
+    path = os.fspath(self.feature_path(gt))
+    if path not in self._readers:
+      self._readers[path] = FeatureLMDB(path)
+    return self._readers[path]
+
+  def clean_ids(self, split: str) -> frozenset[int] | None:
+    """The test image ids to drop from `split`, or None when the split is not cleaned."""
+    key = CLEAN_KEY_OF_DATASET.get(self.task.dataset)
+    if not self.clean or key is None:
+      return None
+    source, cleaned_splits = CLEAN_SOURCE_OF_DATASET[key]
+    if split not in cleaned_splits:
+      return None
+    try:
+      return load_test_image_ids(self.dataroot / "cache", [source])
+    except DataError as error:
+      raise DataError(f"{error} (the clean filter needs it; prepare with clean=False / "
+                      "--noclean_train_sets to train on every image)") from error
+
+
+class ImageTable:
+  """The distinct images of a split in first-use order, checked against the feature file(s).
+
+  A missing image fails here, before anything is written, with the feature file, the image
+  id and the annotation record that needs it.
+  """
+
+  def __init__(self, *readers: FeatureReader) -> None:
+    self.readers = readers
+    self.keys: list[str] = []
+    self._index: dict[str, int] = {}
+
+  def add(self, key: Any, source: str, where: str) -> int:
+    """The index of image `key`, adding it on first use."""
+    key = str(key)
+    index = self._index.get(key)
+    if index is not None:
+      return index
+    for reader in self.readers:
+      if key not in reader:
+        try:
+          reader[key]  # raises the reader's DataError (file, id, nearby ids)
+        except DataError as error:
+          raise DataError(f"{error} (needed by {source}: {where})") from error
+    index = self._index[key] = len(self.keys)
+    self.keys.append(key)
+    return index
+
+  def read(self, index: int, reader: int = 0) -> ImageFeatures:
+    """Image `index` read (and validated) from reader number `reader`."""
+    return self.readers[reader][self.keys[index]]
+
+  def __len__(self) -> int:
+    return len(self.keys)

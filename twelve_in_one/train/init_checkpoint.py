@@ -1,0 +1,65 @@
+"""Initial parameters for a run: an official / exported state dict, our orbax params, or BERT.
+
+`config.init.checkpoint` may be
+* an official PyTorch `.bin` / `.pt`, a `.npz` or `.safetensors` with the official names (e.g.
+  `pretrained_model.bin` for multi-task training, `multi_task_model.bin` for fine-tuning); the
+  heads and task tokens missing from it are initialised as the official code does;
+* a directory written by `twelve-in-one convert` or `interop.checkpoint_io.save_params`.
+
+`config.init.bert` loads a HF BERT (file or model directory) into the text stream and the
+masked-LM head first, as the official training starts from bert-base-uncased.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+from flax import traverse_util
+
+from twelve_in_one.interop import bert as bert_io
+from twelve_in_one.interop import checkpoint_io, official
+from twelve_in_one.models.config import ViLBertConfig
+
+
+def load_init_params(config, model_config: ViLBertConfig, params: Any) -> tuple[Any, str]:
+  """(parameters, report text) after applying `config.init` to the freshly initialised ones."""
+  reports = []
+  params = jax_to_numpy(params)
+  if config.init.bert:
+    params, report = bert_io.load_bert_checkpoint(config.init.bert, model_config,
+                                                  params=params)
+    reports.append(report.format())
+  path = config.init.checkpoint
+  if path:
+    if os.path.isdir(path):
+      loaded, saved_config, _ = checkpoint_io.load_params(path)
+      _check_same_shapes(loaded, params, path)
+      params = loaded
+      reports.append(f"{path}: loaded our checkpoint (model {saved_config.hidden_size}-wide)")
+    else:
+      state = checkpoint_io.read_state_dict(path)
+      params, report = official.import_official(
+          state, model_config, allow_unexpected=config.init.ignore_unexpected, rng=config.seed,
+          source=path)
+      reports.append(report.format())
+  return params, "\n".join(reports)
+
+
+def jax_to_numpy(tree: Any) -> Any:
+  flat = traverse_util.flatten_dict(tree)
+  return traverse_util.unflatten_dict({k: np.asarray(v) for k, v in flat.items()})
+
+
+def _check_same_shapes(loaded: Any, expected: Any, path: str) -> None:
+  got = {k: np.shape(v) for k, v in traverse_util.flatten_dict(loaded, sep="/").items()}
+  want = {k: np.shape(v) for k, v in traverse_util.flatten_dict(expected, sep="/").items()}
+  if got.keys() != want.keys():
+    raise ValueError(f"{path}: parameters differ from the configured model: missing "
+                     f"{sorted(want.keys() - got.keys())[:5]}, unexpected "
+                     f"{sorted(got.keys() - want.keys())[:5]}")
+  for key in want:
+    if got[key] != want[key]:
+      raise ValueError(f"{path}: parameter {key} has shape {got[key]}, the configured model "
+                       f"expects {want[key]}")

@@ -1,0 +1,317 @@
+"""The multi-task training loop: `train_and_evaluate(config, workdir)`.
+
+Read top to bottom, section by section:
+
+  Set up          distributed runtime, mesh, tasks, model
+  Input           one resumable grain iterator per task
+  State           parameters and Adam moments born sharded, or restored from the workdir
+  Steps           one jit-compiled step per task
+  Loop            round-robin (or weighted / summed) with Dynamic Stop-and-Go
+  Evaluate        each task at its own epoch boundary
+  Checkpoint      asynchronously every N iterations, at once on SIGTERM
+
+Only process 0 writes logs, event files, metrics.jsonl and the result tables.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import signal
+import time
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import tqdm
+
+from twelve_in_one.models import ViLBertForVLTasks, get_model_config
+from twelve_in_one.models.vilbert import all_outputs, dummy_inputs, init_variables
+from twelve_in_one.tasks.registry import Task, get_task, loss_scale
+from twelve_in_one.train import optimizer as opt
+from twelve_in_one.train import sharding
+from twelve_in_one.train.checkpoint import Checkpointer, abstract_like
+from twelve_in_one.train.dsg import DSGConfig
+from twelve_in_one.train.inputs import TaskData, synthetic_task_data, tfds_task_data
+from twelve_in_one.train.metrics_log import MetricsLog, results_table
+from twelve_in_one.train.schedule import Schedule, iterations_per_epoch, loader_length
+from twelve_in_one.train.steps import (StepCache, StepSettings, TrainState, create_state,
+                                       make_eval_step, make_train_step)
+from twelve_in_one.train.validate import resolve_tasks, validate_config
+
+
+class Preempted(Exception):
+  """Raised after the SIGTERM checkpoint is written, so the caller can exit cleanly."""
+
+
+@dataclasses.dataclass
+class RunResult:
+  iterations: int
+  results: dict[str, dict]
+  state: Any
+  compilations: dict[str, int]
+  preempted: bool = False
+
+
+def maybe_initialize_distributed(config) -> None:
+  """`jax.distributed.initialize()` where it applies: multi-host TPU/GPU or explicit settings.
+
+  It must run before any other JAX call, and it fails on a plain single-host CPU/GPU, hence
+  the guard: `initialize="auto"` runs it on TPU VMs with several workers, or when a coordinator
+  address is configured (used by the local multi-process tests).
+  """
+  dist = config.distributed
+  if jax.distributed.is_initialized():
+    return
+  if dist.coordinator_address:
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(coordinator_address=dist.coordinator_address,
+                               num_processes=dist.num_processes, process_id=dist.process_id)
+  elif dist.initialize == "always" or (dist.initialize == "auto" and
+                                      os.environ.get("TPU_WORKER_HOSTNAMES", "").count(",")):
+    jax.distributed.initialize()
+
+
+def build_task_data(config, tasks: list[Task], model_config) -> dict[str, TaskData]:
+  processes, index = jax.process_count(), jax.process_index()
+  data = {}
+  for task in tasks:
+    per_process = task.batch_size // processes
+    if config.data.source == "synthetic":
+      data[task.name] = synthetic_task_data(
+          task, batch_size_per_process=per_process, seed=config.seed, process_index=index,
+          num_train_examples=config.data.synthetic_train_examples,
+          num_eval_examples=config.data.synthetic_eval_examples,
+          vocab_size=model_config.vocab_size, feature_size=model_config.v_feature_size,
+          seq_len=config.data.synthetic_seq_len or None,
+          num_regions=config.data.synthetic_num_regions or None)
+    elif config.data.source == "tfds":
+      data[task.name] = tfds_task_data(
+          task, data_dir=config.data.data_dir, batch_size_per_process=per_process,
+          seed=config.seed, process_index=index, process_count=processes,
+          num_workers=config.data.num_workers)
+    else:
+      raise ValueError(f"config.data.source={config.data.source!r}; expected tfds or "
+                       "synthetic")
+  return data
+
+
+def _device_batch(batch: dict, mesh) -> dict:
+  """Numeric leaves as global arrays; host-only leaves (ids as strings) stay behind."""
+  numeric = {k: v for k, v in batch.items()
+             if isinstance(v, np.ndarray) and v.dtype.kind in "biuf"}
+  return sharding.global_batch(numeric, mesh)
+
+
+def evaluate_task(task_data: TaskData, eval_step, params, mesh) -> dict:
+  """One pass over the task's validation split: mean score over real examples, mean loss."""
+  total_score, total_examples, losses = 0.0, 0.0, []
+  for batch in task_data.eval_batches():
+    mask = np.asarray(batch.get("example_mask", np.ones(batch["input_ids"].shape[0])))
+    loss, scores = eval_step(params, _device_batch(batch, mesh))
+    scores = np.asarray(jax.device_get(scores)).reshape(-1)[:mask.shape[0]]
+    total_score += float((scores * mask).sum())
+    total_examples += float(mask.sum())
+    losses.append(float(loss))
+  total_examples = max(total_examples, 1.0)
+  return {"score": total_score / total_examples, "loss": float(np.mean(losses)) if losses
+          else float("nan"), "examples": int(total_examples)}
+
+
+def train_and_evaluate(config, workdir: str) -> RunResult:
+  """Runs (or resumes) the configured training in `workdir` and returns the final results."""
+  # ------------------------------------------------------------------ Set up
+  maybe_initialize_distributed(config)
+  tasks = resolve_tasks(config)
+  model_config = get_model_config(config.model.name, dtype=config.model.dtype,
+                                  attention_impl=config.model.attention_impl,
+                                  task_specific_tokens=config.model.task_specific_tokens)
+  mesh = sharding.make_mesh(dict(config.mesh.axes))
+  rules = tuple((name, tuple(axes) if isinstance(axes, list) else axes)
+                for name, axes in config.mesh.rules)
+  validate_config(config, tasks, mesh)
+  model = ViLBertForVLTasks(model_config)
+  is_chief = jax.process_index() == 0
+  os.makedirs(workdir, exist_ok=True)
+  log = MetricsLog(workdir, enabled=is_chief, log_every=config.log_every)
+  log.note(f"tasks: {[t.name for t in tasks]}; mesh {dict(mesh.shape)}; "
+           f"{jax.process_count()} process(es), {jax.device_count()} device(s)")
+
+  # ------------------------------------------------------------------ Input
+  data = build_task_data(config, tasks, model_config)
+
+  # ------------------------------------------------------------------ State
+  boxed = jax.eval_shape(lambda: init_variables(model, jax.random.key(0)))
+  logical = nn.get_partition_spec(boxed)["params"]
+  abstract_params = nn.meta.unbox(boxed)["params"]
+  param_shardings = sharding.tree_shardings(abstract_params, logical, mesh, rules)
+  replicated = sharding.replicated(mesh)
+  state_shardings = TrainState(step=replicated, params=param_shardings,
+                               opt_state={"mu": param_shardings, "nu": param_shardings})
+  checkpointer = Checkpointer(workdir, keep=config.checkpoint.keep,
+                              asynchronous=config.checkpoint.asynchronous)
+  abstract_state = abstract_like(
+      TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=abstract_params,
+                 opt_state={"mu": abstract_params, "nu": abstract_params}), state_shardings)
+  restored = checkpointer.restore_latest(abstract_state)
+  if restored is not None:
+    start_iteration, state_dict, host = restored
+    state = TrainState(**state_dict)
+    log.note(f"resumed from {checkpointer.directory}/{start_iteration}")
+  else:
+    start_iteration, host = 0, {}
+    state = _initial_state(config, model, model_config, state_shardings, log)
+
+  # ------------------------------------------------------------------ Schedule
+  lengths = {t.name: loader_length(data[t.name].num_train_examples, t.batch_size) for t in tasks}
+  per_epoch = config.schedule.iterations_per_epoch or iterations_per_epoch(list(lengths.values()))
+  dsg = config.dsg
+  schedule = Schedule(
+      task_names=[t.name for t in tasks], task_epoch_iterations=lengths,
+      iterations_per_epoch=per_epoch, num_epochs=config.schedule.num_epochs,
+      kind=config.schedule.kind, weights={t.name: config.task_settings[t.name].weight
+                                          for t in tasks}, seed=config.seed,
+      dsg_enabled=dsg.enabled and config.schedule.kind != "summed",
+      dsg=DSGConfig(threshold=dsg.threshold, continue_threshold=dsg.continue_threshold,
+                    patience=dsg.patience, cooldown=dsg.cooldown,
+                    train_iter_gap=dsg.train_iter_gap, reset_epochs=tuple(dsg.reset_epochs)))
+  schedule.load_json(host.get("schedule", {}))
+  total = schedule.total_iterations
+  warmup = config.schedule.warmup_proportion * total
+
+  # ------------------------------------------------------------------ Steps
+  optimizer_config = opt.OptimizerConfig(
+      base_lr=config.optimizer.base_lr, head_lr=config.optimizer.head_lr,
+      weight_decay=config.optimizer.weight_decay, b1=config.optimizer.b1,
+      b2=config.optimizer.b2, eps=config.optimizer.eps,
+      clip_grad_norm=config.optimizer.clip_grad_norm)
+  lrs = opt.learning_rates(abstract_params, optimizer_config)
+  decays = opt.weight_decays(abstract_params, optimizer_config)
+  batch_sh = sharding.batch_sharding(mesh)
+  train_steps = StepCache(
+      lambda task: make_train_step(
+          model.apply, task, StepSettings(optimizer_config, loss_scale(task, tasks),
+                                          config.optimizer.grad_accum_steps, rules),
+          lrs, decays, abstract_params),
+      in_shardings=(state_shardings, batch_sh, replicated, replicated),
+      out_shardings=(state_shardings, replicated), donate_argnums=(0,))
+  eval_steps = StepCache(lambda task: make_eval_step(model.apply, task, rules),
+                         in_shardings=(param_shardings, batch_sh),
+                         out_shardings=(replicated, replicated))
+
+  iterators = {t.name: data[t.name].train_iterator() for t in tasks}
+  for name, it_state in host.get("iterators", {}).items():
+    if name in iterators:
+      iterators[name].set_state(it_state)
+  base_key = jax.random.key(config.seed)
+  task_by_name = {t.name: t for t in tasks}
+
+  # ------------------------------------------------------------------ Loop
+  stop = {"signal": None}
+  previous_handler = _install_sigterm(stop)
+  results: dict[str, dict] = dict(host.get("results", {}))
+  pending: list[tuple[int, str, dict]] = []
+  progress = tqdm.tqdm(total=total, initial=start_iteration, disable=not is_chief,
+                       desc="train", unit="it", dynamic_ncols=True)
+  iteration = start_iteration
+  try:
+    with jax.set_mesh(mesh):
+      for iteration in range(start_iteration, total):
+        lr_multiplier = (opt.warmup_linear_python(iteration, warmup, total)
+                         if config.schedule.lr_scheduler == "warmup_linear" else 1.0)
+        for name in schedule.tasks_at(iteration):
+          task = task_by_name[name]
+          started = time.perf_counter()
+          batch = _device_batch(next(iterators[name]), mesh)
+          rng = jax.random.fold_in(jax.random.fold_in(base_key, iteration), task.task_id)
+          state, metrics = train_steps(task)(state, batch, rng, np.float32(lr_multiplier))
+          _check_pending(pending, log)          # the previous step's loss, one step behind
+          pending.append((iteration, name, metrics))
+          log.accumulate(name, started, task.batch_size)
+        _check_pending(pending, log, keep_last=False)
+        log.train_iteration(iteration, lr_multiplier * optimizer_config.base_lr, schedule)
+
+        if config.eval_during_training:
+          for name in schedule.evaluates_at(iteration):
+            result = evaluate_task(data[name], eval_steps(task_by_name[name]), state.params,
+                                   mesh)
+            schedule.record_score(name, result["score"])
+            results[name] = dict(result, iteration=iteration + 1)
+            log.eval(iteration, name, result, schedule.controllers[name].to_json())
+        epoch = schedule.end_of_epoch(iteration)
+        if epoch is not None:
+          log.note(f"epoch {epoch} done at iteration {iteration + 1}")
+        progress.update(1)
+
+        done = iteration + 1
+        host_state = lambda: {"iteration": done, "schedule": schedule.to_json(),
+                              "iterators": {n: it.get_state() for n, it in iterators.items()},
+                              "results": results, "seed": config.seed}
+        if stop["signal"] is not None:
+          checkpointer.save(done, state, host_state(), wait=True)
+          log.note(f"SIGTERM: saved iteration {done} to {checkpointer.directory}; exiting")
+          raise Preempted(done)
+        if done % config.checkpoint.every_iterations == 0 or done == total:
+          checkpointer.save(done, state, host_state(), wait=done == total)
+  except Preempted:
+    return RunResult(iteration + 1, results, state, train_steps.compilations(), preempted=True)
+  finally:
+    progress.close()
+    signal.signal(signal.SIGTERM, previous_handler)
+    checkpointer.close()
+    log.close()
+
+  if not config.eval_during_training:
+    with jax.set_mesh(mesh):
+      for task in tasks:
+        results[task.name] = dict(evaluate_task(data[task.name], eval_steps(task),
+                                                state.params, mesh), iteration=total)
+  if is_chief:
+    results_table(workdir, tasks, results)
+  return RunResult(total, results, state, train_steps.compilations())
+
+
+def _initial_state(config, model, model_config, state_shardings, log) -> TrainState:
+  """Fresh parameters (born sharded), optionally overwritten from an init checkpoint."""
+  init = jax.jit(lambda key: create_state(_unboxed_init(model, key)),
+                 out_shardings=state_shardings)
+  state = init(jax.random.key(config.seed))
+  if config.init.checkpoint or config.init.bert:
+    from twelve_in_one.train.init_checkpoint import load_init_params
+    params, report = load_init_params(config, model_config, jax.device_get(state.params))
+    log.note(report)
+    state = jax.device_put(create_state(params), state_shardings)
+  return state
+
+
+def _unboxed_init(model, key):
+  variables = model.init(key, **dummy_inputs(model.config), outputs=all_outputs(model.config))
+  return nn.meta.unbox(variables)["params"]
+
+
+def _check_pending(pending: list, log, keep_last: bool = True) -> None:
+  """Fetches finished steps' metrics; a NaN/Inf loss stops the run naming task and iteration."""
+  while len(pending) > (1 if keep_last else 0):
+    iteration, name, metrics = pending.pop(0)
+    values = jax.device_get(metrics)
+    loss = float(values["loss"])
+    if not math.isfinite(loss):
+      raise FloatingPointError(
+          f"task {name}: loss is {loss} at iteration {iteration}; stopping. The last good "
+          "checkpoint is kept in the workdir (nothing was saved after this step)")
+    log.train_step(iteration, name, values)
+
+
+def _install_sigterm(stop: dict):
+  def handler(signum, frame):
+    del frame
+    stop["signal"] = signum
+  try:
+    return signal.signal(signal.SIGTERM, handler)
+  except ValueError:   # not the main thread (e.g. inside some test runners): no handler
+    return signal.getsignal(signal.SIGTERM)

@@ -1,0 +1,105 @@
+"""What the user sees of a run: metrics.jsonl, TensorBoard events, notes, the final table.
+
+Only process 0 writes (the loop passes `enabled=False` elsewhere). Per task and per logging
+window it records loss, score, learning rate, DSG state and examples per second.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import os
+import time
+from typing import Any
+
+import numpy as np
+
+from twelve_in_one.tasks.registry import Task
+
+
+class MetricsLog:
+  """Accumulates per-task training metrics and writes them every `log_every` iterations."""
+
+  def __init__(self, workdir: str, *, enabled: bool = True, log_every: int = 1):
+    self.enabled = enabled
+    self.log_every = log_every
+    self._window: dict[str, dict[str, list]] = collections.defaultdict(
+        lambda: collections.defaultdict(list))
+    self._examples = collections.Counter()
+    self._seconds = collections.Counter()
+    self._file = None
+    self._writer = None
+    if enabled:
+      self._file = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")
+      from tensorboardX import SummaryWriter   # event files without TensorFlow
+      self._writer = SummaryWriter(os.path.join(workdir, "tensorboard"))
+
+  def note(self, text: str) -> None:
+    logging.info("%s", text)
+    if self.enabled:
+      self._write({"note": text, "time": time.time()})
+
+  def accumulate(self, task: str, started: float, examples: int) -> None:
+    self._seconds[task] += time.perf_counter() - started
+    self._examples[task] += examples
+
+  def train_step(self, iteration: int, task: str, values: dict) -> None:
+    for key, value in values.items():
+      self._window[task][key].append(float(np.asarray(value)))
+
+  def train_iteration(self, iteration: int, lr: float, schedule) -> None:
+    if (iteration + 1) % self.log_every or not self.enabled:
+      return
+    for task, window in self._window.items():
+      record = {"iteration": iteration + 1, "task": task, "kind": "train", "lr": lr,
+                "in_stop": schedule.controllers[task].in_stop,
+                "examples_per_sec": self._examples[task] / max(self._seconds[task], 1e-9)}
+      record.update({k: float(np.mean(v)) for k, v in window.items()})
+      self._write(record)
+      for key in ("loss", "score", "examples_per_sec", "lr"):
+        self._writer.add_scalar(f"train/{task}/{key}", record[key], iteration + 1)
+      self._writer.add_scalar(f"dsg/{task}/in_stop", float(record["in_stop"]), iteration + 1)
+    self._window.clear()
+    self._examples.clear()
+    self._seconds.clear()
+
+  def eval(self, iteration: int, task: str, result: dict, controller: dict) -> None:
+    if not self.enabled:
+      return
+    self._write({"iteration": iteration + 1, "task": task, "kind": "eval", **result,
+                 "dsg": controller})
+    self._writer.add_scalar(f"eval/{task}/score", result["score"], iteration + 1)
+    self._writer.add_scalar(f"eval/{task}/loss", result["loss"], iteration + 1)
+
+  def _write(self, record: dict[str, Any]) -> None:
+    self._file.write(json.dumps(record) + "\n")
+    self._file.flush()
+
+  def close(self) -> None:
+    if self._file:
+      self._file.close()
+      self._writer.close()
+      self._file = self._writer = None
+
+
+def results_table(workdir: str, tasks: list[Task], results: dict[str, dict],
+                  chance: dict[str, float] | None = None) -> str:
+  """Writes results.json and results.md (task, metric, chance, score); returns the Markdown."""
+  chance = chance or {}
+  rows = ["| task | metric | chance | score | val examples |", "|---|---|---|---|---|"]
+  for task in tasks:
+    result = results.get(task.name, {})
+    score = result.get("score")
+    rows.append(f"| {task.name} | {task.metric} | "
+                f"{'' if task.name not in chance else f'{100 * chance[task.name]:.1f}'} | "
+                f"{'' if score is None else f'{100 * score:.2f}'} | "
+                f"{result.get('examples', '')} |")
+  table = "\n".join(rows) + "\n"
+  with open(os.path.join(workdir, "results.md"), "w", encoding="utf-8") as f:
+    f.write(table)
+  with open(os.path.join(workdir, "results.json"), "w", encoding="utf-8") as f:
+    json.dump({t.name: dict(results.get(t.name, {}), metric=t.metric,
+                            chance=chance.get(t.name)) for t in tasks}, f, indent=1)
+  print(table)
+  return table

@@ -1,0 +1,122 @@
+"""Jit-compiled per-task training and evaluation steps.
+
+One step per task (design decision 4): shapes are static per task, the state is donated, the
+step computes only the task's head, and the optimizer touches only the parameters the task's
+forward reaches (see `optimizer.py`). `StepCache` builds each step once and counts XLA
+compilations, so a recompilation after warm-up is visible (and fails a test).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+from typing import Any, Callable
+
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+from twelve_in_one.tasks.registry import Task
+from twelve_in_one.train import optimizer as opt
+from twelve_in_one.train.objective import task_loss, task_outputs
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything on device that a step changes: parameters, Adam moments, update count."""
+  step: jax.Array
+  params: Any
+  opt_state: Any
+
+
+def create_state(params: Any) -> TrainState:
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                    opt_state=opt.init_state(params))
+
+
+@dataclasses.dataclass(frozen=True)
+class StepSettings:
+  """What a task's step needs besides the task: optimizer, scales, accumulation."""
+  optimizer: opt.OptimizerConfig
+  loss_scale: float = 1.0
+  grad_accum_steps: int = 1
+  rules: tuple = ()
+
+
+def _used_modules(task: Task) -> set[str]:
+  """Top-level parameter groups a task's forward reaches: the body and its own head."""
+  return {"bert", task.output}
+
+
+def _accumulated_grads(loss_fn: Callable, params: Any, batch: dict, steps: int):
+  """Gradient of the mean loss over `steps` equal micro-batches (memory, not math, changes)."""
+  if steps == 1:
+    return jax.value_and_grad(loss_fn, has_aux=True)(params, batch)
+  micro = jax.tree.map(lambda x: x.reshape((steps, x.shape[0] // steps) + x.shape[1:]), batch)
+
+  def body(carry, micro_batch):
+    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, micro_batch)
+    total_loss, total_grads = carry
+    return (total_loss + loss, jax.tree.map(jnp.add, total_grads, grads)), aux
+
+  zeros = jax.tree.map(jnp.zeros_like, params)
+  (loss, grads), auxes = jax.lax.scan(body, (jnp.zeros(()), zeros), micro)
+  aux = {"loss": auxes["loss"].mean(), "scores": auxes["scores"].reshape(-1)}
+  return (loss / steps, aux), jax.tree.map(lambda g: g / steps, grads)
+
+
+def make_train_step(apply_fn: Callable, task: Task, settings: StepSettings, lrs: Any,
+                    decays: Any, params_like: Any) -> Callable:
+  """The pure training step `(state, batch, rng, lr_multiplier) -> (state, metrics)`."""
+  active = opt.active_mask(params_like, _used_modules(task))
+
+  def loss_fn(params, batch, rng):
+    return task_loss(apply_fn, params, task, batch, deterministic=False, rng=rng,
+                     loss_scale=settings.loss_scale)
+
+  def step(state: TrainState, batch: dict, rng: jax.Array, lr_multiplier: jax.Array):
+    with nn.logical_axis_rules(settings.rules):
+      (_, aux), grads = _accumulated_grads(lambda p, b: loss_fn(p, b, rng), state.params,
+                                           batch, settings.grad_accum_steps)
+    params, opt_state = opt.apply_update(state.params, grads, state.opt_state, lr_multiplier,
+                                         config=settings.optimizer, lrs=lrs, decays=decays,
+                                         active=active)
+    metrics = {"loss": aux["loss"], "score": aux["scores"].mean(),
+               "grad_norm": opt.global_norm(grads)}
+    return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+  return step
+
+
+def make_eval_step(apply_fn: Callable, task: Task, rules: tuple = ()) -> Callable:
+  """`(params, batch) -> (loss, per-example scores)` with dropout off."""
+
+  def step(params, batch):
+    with nn.logical_axis_rules(rules):
+      outputs = task_outputs(apply_fn, params, task, batch)
+    return task.head.loss(outputs, batch, task), task.head.score(outputs, batch, task)
+
+  return step
+
+
+class StepCache:
+  """Compiles each task's step once, with fixed shardings, and counts compilations."""
+
+  def __init__(self, builder: Callable[[Task], Callable], *, in_shardings, out_shardings,
+               donate_argnums=()):
+    self._builder = builder
+    self._jit = functools.partial(jax.jit, in_shardings=in_shardings,
+                                  out_shardings=out_shardings, donate_argnums=donate_argnums)
+    self._steps: dict[str, Any] = {}
+
+  def __call__(self, task: Task):
+    if task.name not in self._steps:
+      logging.info("building the step of task %s", task.name)
+      self._steps[task.name] = self._jit(self._builder(task))
+    return self._steps[task.name]
+
+  def compilations(self) -> dict[str, int]:
+    """Number of compiled variants of each task's step (1 after warm-up, never more)."""
+    return {name: fn._cache_size() for name, fn in self._steps.items()}

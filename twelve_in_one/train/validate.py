@@ -1,0 +1,52 @@
+"""Start-up checks of a training config, with messages that name the offending key."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+
+from twelve_in_one.tasks.registry import Task, get_task
+from twelve_in_one.train import sharding
+
+
+def resolve_tasks(config) -> list[Task]:
+  """The run's tasks from `config.tasks`, with `config.task_settings.<task>` applied."""
+  names = [n.strip() for n in str(config.tasks).split(",") if n.strip()]
+  if not names:
+    raise ValueError("config.tasks is empty; expected comma-separated task names")
+  tasks = []
+  for name in names:
+    task = get_task(name)   # unknown names raise, listing the known ones
+    if task.name in [t.name for t in tasks]:
+      raise ValueError(f"config.tasks lists {task.name!r} twice")
+    if task.name not in config.task_settings:
+      raise ValueError(f"config.task_settings has no entry for task {task.name!r}; add "
+                       f"--config.task_settings.{task.name}.batch_size=... etc.")
+    settings = config.task_settings[task.name]
+    changes = {k: settings[k] for k in ("batch_size", "lr", "max_seq_length", "max_region_num",
+                                        "num_detected_regions") if k in settings}
+    tasks.append(dataclasses.replace(task, **changes))
+  return tasks
+
+
+def validate_config(config, tasks: list[Task], mesh) -> None:
+  """Invariants checked before anything is compiled or read."""
+  processes = jax.process_count()
+  shards = sharding.data_parallel_size(mesh)
+  for task in tasks:
+    key = f"config.task_settings.{task.name}.batch_size"
+    if task.batch_size % processes:
+      raise ValueError(f"{key}={task.batch_size} is not divisible by the {processes} "
+                       "processes")
+    if task.batch_size % shards:
+      raise ValueError(f"{key}={task.batch_size} is not divisible by the {shards} "
+                       f"data-parallel devices of the mesh {dict(mesh.shape)}")
+    accum = config.optimizer.grad_accum_steps
+    if accum < 1 or (task.batch_size // processes) % accum:
+      raise ValueError(f"config.optimizer.grad_accum_steps={accum} must divide the "
+                       f"per-process batch of task {task.name} ({task.batch_size // processes})")
+  if config.schedule.num_epochs < 1:
+    raise ValueError(f"config.schedule.num_epochs={config.schedule.num_epochs}; expected >= 1")
+  if config.checkpoint.every_iterations < 1:
+    raise ValueError("config.checkpoint.every_iterations must be >= 1")
