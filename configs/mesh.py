@@ -1,6 +1,6 @@
 """Mesh presets: the mesh axis sizes and the logical-axis rules that map model names to them.
 
-Not run directly; `configs/twelve_in_one.py` picks one with `--config.mesh_preset` or
+Not run directly; `configs/twelve_in_one.py` picks one with the `,mesh=PRESET` option of its
 `:...,mesh=fsdp_tp`. Axes are ordered slow to fast: `data` (across slices / DCN), `fsdp`
 (parameters and optimizer state sharded, batch split), `tensor` (heads and FFN split).
 

@@ -172,3 +172,42 @@ def test_unknown_config_key_on_the_command_line_is_named(tmp_path):
                        capture_output=True, text=True, cwd=REPO, timeout=120)
   assert run.returncode != 0
   assert "nope" in run.stderr
+
+
+def test_checkpoint_from_one_mesh_resumes_on_another(tmp_path, monkeypatch):
+  fsdp = tiny_config_dict(tasks="vqa", **{"schedule.num_epochs": 4,
+                                          "checkpoint.every_iterations": 2})
+  dp_tp = tiny_config_dict(tasks="vqa", **{"schedule.num_epochs": 4,
+                                           "checkpoint.every_iterations": 2})
+  dp_tp.mesh.axes, dp_tp.mesh.rules = _config_module()._mesh_preset("dp_tp")
+  expected = _flat(loop_lib.train_and_evaluate(fsdp, str(tmp_path / "straight")).state.params)
+  original = Schedule.tasks_at
+
+  def tasks_at(self, iteration):
+    if iteration == 1:
+      os.kill(os.getpid(), signal.SIGTERM)
+    return original(self, iteration)
+
+  monkeypatch.setattr(Schedule, "tasks_at", tasks_at)
+  assert loop_lib.train_and_evaluate(fsdp, str(tmp_path / "moved")).preempted
+  monkeypatch.setattr(Schedule, "tasks_at", original)
+  resumed = loop_lib.train_and_evaluate(dp_tp, str(tmp_path / "moved"))
+  leaf = resumed.state.params["bert"]["encoder"]["layer_0"]["intermediate"]["dense"]["kernel"]
+  assert "tensor" in str(leaf.sharding.spec)   # really restored onto the dp+tp layout
+  got = _flat(resumed.state.params)
+  for name, value in expected.items():
+    np.testing.assert_allclose(got[name], value, rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+@pytest.mark.parametrize("kind", ["weighted", "summed"])
+def test_alternative_schedules_run(tmp_path, kind):
+  config = tiny_config_dict(tasks="vqa,snli_ve", **{"schedule.kind": kind,
+                                                    "schedule.num_epochs": 3})
+  result = loop_lib.train_and_evaluate(config, str(tmp_path))
+  records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  steps = [(r["iteration"], r["task"]) for r in records if r.get("kind") == "train"]
+  if kind == "weighted":   # one task per iteration
+    assert len(steps) == 3
+  else:                    # every task in every (summed) update
+    assert len(steps) == 6
+  assert set(result.results) == {"vqa", "snli_ve"}

@@ -17,6 +17,9 @@ COMMANDS = {
     "parity": "compare our forward with reference outputs from the official code",
     "generate": "write the generated mini 12-in-1 release (synthetic scenes, release formats)",
     "prepare": "official data release of one task -> prepared TFDS (array_record) datasets",
+    "eval": "official metrics, predictions, VQA/GQA server files and the paper-style table",
+    "predict": "one image + one text + one task -> answer / box / label, with --visualize",
+    "plot": "per-task training curves from metrics.jsonl, DSG stops and restarts marked",
 }
 
 

@@ -19,8 +19,16 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def main(argv):
   del argv
+  import os
+
+  import jax
+  if _CONFIG.value.compilation_cache_dir:
+    jax.config.update("jax_compilation_cache_dir",
+                      os.path.expanduser(_CONFIG.value.compilation_cache_dir))
   from twelve_in_one.train.entry import run_training   # heavy imports after flag parsing
-  logging.set_verbosity(logging.INFO)
+  # Library INFO logs (orbax, jax) would drown the progress bar; `--verbosity=0` brings them.
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)
   result = run_training(_CONFIG.value, _WORKDIR.value)
   if result.preempted:
     print(f"preempted after iteration {result.iterations}; rerun the same command to resume")

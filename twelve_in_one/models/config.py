@@ -203,7 +203,7 @@ def tiny_config(**overrides: Any) -> ViLBertConfig:
 def small_config(**overrides: Any) -> ViLBertConfig:
   """A CPU-trainable model for the embedded benchmark (a few minutes per run on 2 cores)."""
   values = dict(hidden_size=128, num_hidden_layers=4, num_attention_heads=4,
-                intermediate_size=256, max_position_embeddings=128, v_hidden_size=128,
+                intermediate_size=256, max_position_embeddings=512, v_hidden_size=128,
                 v_num_hidden_layers=2, v_num_attention_heads=4, v_intermediate_size=256,
                 bi_hidden_size=128, bi_num_attention_heads=4, v_biattention_id=(0, 1),
                 t_biattention_id=(2, 4))

@@ -80,7 +80,7 @@ def _random_targets(task: Task, batch_size: int, num_regions: int, rng: np.rando
     iou = np.where(iou >= 0.5, iou, 0.0) * image_mask[..., None]
     return {"target": iou.astype(np.float32)}
   if kind == "V-logit-mc":
-    num_candidates = 4
+    num_candidates = task.num_candidates
     gt_boxes = num_regions - task.num_detected_regions
     if gt_boxes < num_candidates:
       raise ValueError(f"task {task.name}: {num_regions} regions leave {gt_boxes} candidate "

@@ -62,6 +62,20 @@ class Task:
   def metric(self) -> str:
     return self.head.metric
 
+  @property
+  def num_candidates(self) -> int:
+    """V-logit-mc: candidate ids per example (`multiple_choice_ids` length).
+
+    Visual7W has 4 choices. GuessWhat gives every game `max_region_num - num_detected_regions
+    - 1` ids (204 with the release's 306 regions): its objects, then the pad id, which points
+    at the always-empty last row.
+    """
+    if self.head_type != "V-logit-mc":
+      return 0
+    if self.dataset == "visual7w":
+      return 4
+    return self.max_region_num - self.num_detected_regions - 1
+
   def model_text_length(self, task_tokens: bool = True) -> int:
     return self.max_seq_length + int(task_tokens)
 

@@ -1,10 +1,45 @@
-"""The train command's library entry: make the data ready if asked, then train and evaluate."""
+"""The train command's library entry: make the data ready if asked, then train and evaluate.
+
+With `config.data.generate_if_missing` (the `smoke` main job), a fresh machine needs nothing
+downloaded: the mini 12-in-1 is generated in the release's own formats, prepared with the same
+readers and `prepare` as the real release, and then trained on. Both steps are idempotent, so a
+rerun (or a resumed run) reuses them.
+"""
 
 from __future__ import annotations
 
+import logging
+import os
+
 from twelve_in_one.train.loop import RunResult, train_and_evaluate
+from twelve_in_one.train.validate import resolve_tasks
+
+
+def ensure_data(config, workdir: str) -> dict | None:
+  """Generates and prepares the embedded release when configured; returns its summary."""
+  if config.data.source != "tfds" or not config.data.generate_if_missing:
+    return None
+  from twelve_in_one.data.generate import generate, read_summary
+  from twelve_in_one.data.prepare import prepare
+
+  root = config.data.release_dir or os.path.join(workdir, "release")
+  with config.unlocked():
+    config.data.data_dir = config.data.data_dir or os.path.join(workdir, "prepared")
+    config.data.release_dir = root
+  summary = read_summary(root)
+  if summary is None:
+    logging.info("generating the mini 12-in-1 release into %s", root)
+    summary = generate(root, seed=config.seed)
+  for task in resolve_tasks(config):
+    prepare(task, os.path.join(root, "datasets"), config.data.data_dir,
+            vocab_path=config.data.vocab or None, progress=False, log=logging.info)
+  return summary
 
 
 def run_training(config, workdir: str) -> RunResult:
   """`twelve-in-one train` without the flag parsing (tests call this directly)."""
-  return train_and_evaluate(config, workdir)
+  summary = ensure_data(config, workdir)
+  chance = None
+  if summary is not None:
+    chance = {name: entry["baselines"]["chance"] for name, entry in summary["tasks"].items()}
+  return train_and_evaluate(config, workdir, chance=chance)

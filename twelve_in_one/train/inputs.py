@@ -32,21 +32,35 @@ class TaskData:
   train_iterator: Callable[[], Any]
   eval_batches: Callable[[], Iterator[dict]]
   num_eval_examples: int
+  # Width of the answer targets when the data fixes it (the release's answer vocabulary);
+  # None for synthetic data, which follows the model.
+  num_classes: int | None = None
 
 
-def _process_seed(seed: int, task: Task, process_index: int) -> int:
-  return int(np.random.SeedSequence([seed, task.task_id, process_index]).generate_state(1)[0])
+def _task_seed(seed: int, task: Task) -> int:
+  return int(np.random.SeedSequence([seed, task.task_id]).generate_state(1)[0])
 
 
 def synthetic_task_data(task: Task, *, batch_size_per_process: int, seed: int,
-                        process_index: int, num_train_examples: int, num_eval_examples: int,
-                        vocab_size: int, feature_size: int, seq_len: int | None = None,
+                        process_index: int, process_count: int, num_train_examples: int,
+                        num_eval_examples: int, vocab_size: int, feature_size: int,
+                        seq_len: int | None = None,
                         num_regions: int | None = None) -> TaskData:
-  """Random batches in the task's layout; batch i is a pure function of (seed, task, i)."""
-  base = _process_seed(seed, task, process_index)
-  make = lambda index: random_batch(task, batch_size_per_process, seed=base + int(index),
-                                    vocab_size=vocab_size, feature_size=feature_size,
-                                    seq_len=seq_len, num_regions=num_regions)
+  """Random batches in the task's layout; global batch i is a pure function of (seed, task, i).
+
+  Each process keeps its own rows of the global batch, so the union over processes (and so
+  training) is the same whatever the number of processes.
+  """
+  base = _task_seed(seed, task)
+  rows = slice(process_index * batch_size_per_process,
+               (process_index + 1) * batch_size_per_process)
+
+  def make(index):
+    batch = random_batch(task, batch_size_per_process * process_count, seed=base + int(index),
+                         vocab_size=vocab_size, feature_size=feature_size, seq_len=seq_len,
+                         num_regions=num_regions)
+    return {key: value[rows] for key, value in batch.items()}
+
   dataset = grain.MapDataset.range(0, 1 << 40).map(make)
 
   def eval_batches():
@@ -65,8 +79,10 @@ def tfds_task_data(task: Task, *, data_dir: str, batch_size_per_process: int, se
                    process_index: int, process_count: int, num_workers: int = 0) -> TaskData:
   """The prepared dataset of a task through the grain pipeline of the data package."""
   from twelve_in_one.data import pipeline   # the data package is only needed on this path
+  from twelve_in_one.data.tfds_format import open_prepared
 
   train_split, val_split = task.train_split, task.val_split
+  num_classes = open_prepared(task, data_dir).layout.num_classes or None
   num_train = pipeline.num_examples(task, data_dir, train_split)
   num_eval = pipeline.num_examples(task, data_dir, val_split)
 
@@ -82,4 +98,4 @@ def tfds_task_data(task: Task, *, data_dir: str, batch_size_per_process: int, se
                                   batch_size_per_process=batch_size_per_process,
                                   num_workers=0, train=False)
 
-  return TaskData(task, num_train, train_iterator, eval_batches, num_eval)
+  return TaskData(task, num_train, train_iterator, eval_batches, num_eval, num_classes)

@@ -41,7 +41,7 @@ from twelve_in_one.train.inputs import TaskData, synthetic_task_data, tfds_task_
 from twelve_in_one.train.metrics_log import MetricsLog, results_table
 from twelve_in_one.train.schedule import Schedule, iterations_per_epoch, loader_length
 from twelve_in_one.train.steps import (StepCache, StepSettings, TrainState, create_state,
-                                       make_eval_step, make_train_step)
+                                       make_eval_step, make_summed_step, make_train_step)
 from twelve_in_one.train.validate import resolve_tasks, validate_config
 
 
@@ -85,7 +85,7 @@ def build_task_data(config, tasks: list[Task], model_config) -> dict[str, TaskDa
     if config.data.source == "synthetic":
       data[task.name] = synthetic_task_data(
           task, batch_size_per_process=per_process, seed=config.seed, process_index=index,
-          num_train_examples=config.data.synthetic_train_examples,
+          process_count=processes, num_train_examples=config.data.synthetic_train_examples,
           num_eval_examples=config.data.synthetic_eval_examples,
           vocab_size=model_config.vocab_size, feature_size=model_config.v_feature_size,
           seq_len=config.data.synthetic_seq_len or None,
@@ -101,6 +101,39 @@ def build_task_data(config, tasks: list[Task], model_config) -> dict[str, TaskDa
   return data
 
 
+def answer_head_sizes(data: dict[str, TaskData]) -> dict[str, int]:
+  """The answer heads' sizes the data fixes: its answer vocabularies (3129 / 1533 in the release).
+
+  VQA and VG-QA share `vil_prediction` (VG-QA answers live in the VQA label space), so their
+  vocabularies must agree.
+  """
+  sizes: dict[str, tuple[int, str]] = {}
+  for name, task_data in data.items():
+    key = {"VL-classifier": "num_vqa_answers",
+           "VL-classifier-GQA": "num_gqa_answers"}.get(task_data.task.head_type)
+    if key is None or task_data.num_classes is None:
+      continue
+    if key in sizes and sizes[key][0] != task_data.num_classes:
+      raise ValueError(f"tasks {sizes[key][1]} and {name} share the answer head but their "
+                       f"prepared answer vocabularies have {sizes[key][0]} and "
+                       f"{task_data.num_classes} answers")
+    sizes[key] = (task_data.num_classes, name)
+  return {key: size for key, (size, _) in sizes.items()}
+
+
+def _batch_shapes(task_data: TaskData, mesh) -> dict:
+  """The global shapes and shardings of a task's training batches (for compiling ahead)."""
+  sample = task_data.train_iterator()
+  batch = next(sample)
+  if hasattr(sample, "close"):
+    sample.close()
+  sharded = sharding.batch_sharding(mesh)
+  processes = jax.process_count()
+  return {k: jax.ShapeDtypeStruct((v.shape[0] * processes,) + v.shape[1:], v.dtype,
+                                  sharding=sharded)
+          for k, v in batch.items() if isinstance(v, np.ndarray) and v.dtype.kind in "biuf"}
+
+
 def _device_batch(batch: dict, mesh) -> dict:
   """Numeric leaves as global arrays; host-only leaves (ids as strings) stay behind."""
   numeric = {k: v for k, v in batch.items()
@@ -108,10 +141,12 @@ def _device_batch(batch: dict, mesh) -> dict:
   return sharding.global_batch(numeric, mesh)
 
 
-def evaluate_task(task_data: TaskData, eval_step, params, mesh) -> dict:
-  """One pass over the task's validation split: mean score over real examples, mean loss."""
+def evaluate_task(task_data: TaskData, eval_step, params, mesh, max_batches: int = 0) -> dict:
+  """One pass over the task's validation split (or its first `max_batches` batches)."""
   total_score, total_examples, losses = 0.0, 0.0, []
-  for batch in task_data.eval_batches():
+  for index, batch in enumerate(task_data.eval_batches()):
+    if max_batches and index >= max_batches:
+      break
     mask = np.asarray(batch.get("example_mask", np.ones(batch["input_ids"].shape[0])))
     loss, scores = eval_step(params, _device_batch(batch, mesh))
     scores = np.asarray(jax.device_get(scores)).reshape(-1)[:mask.shape[0]]
@@ -123,27 +158,30 @@ def evaluate_task(task_data: TaskData, eval_step, params, mesh) -> dict:
           else float("nan"), "examples": int(total_examples)}
 
 
-def train_and_evaluate(config, workdir: str) -> RunResult:
-  """Runs (or resumes) the configured training in `workdir` and returns the final results."""
+def train_and_evaluate(config, workdir: str, chance: dict[str, float] | None = None
+                       ) -> RunResult:
+  """Runs (or resumes) the configured training in `workdir` and returns the final results.
+
+  `chance` (task -> chance-level score) only annotates the final table.
+  """
   # ------------------------------------------------------------------ Set up
   maybe_initialize_distributed(config)
   tasks = resolve_tasks(config)
-  model_config = get_model_config(config.model.name, dtype=config.model.dtype,
-                                  attention_impl=config.model.attention_impl,
-                                  task_specific_tokens=config.model.task_specific_tokens)
   mesh = sharding.make_mesh(dict(config.mesh.axes))
   rules = tuple((name, tuple(axes) if isinstance(axes, list) else axes)
                 for name, axes in config.mesh.rules)
   validate_config(config, tasks, mesh)
+  model_config = get_model_config(config.model.name, dtype=config.model.dtype,
+                                  attention_impl=config.model.attention_impl,
+                                  task_specific_tokens=config.model.task_specific_tokens)
+  data = build_task_data(config, tasks, model_config)
+  model_config = model_config.replace(**answer_head_sizes(data))
   model = ViLBertForVLTasks(model_config)
   is_chief = jax.process_index() == 0
   os.makedirs(workdir, exist_ok=True)
   log = MetricsLog(workdir, enabled=is_chief, log_every=config.log_every)
   log.note(f"tasks: {[t.name for t in tasks]}; mesh {dict(mesh.shape)}; "
            f"{jax.process_count()} process(es), {jax.device_count()} device(s)")
-
-  # ------------------------------------------------------------------ Input
-  data = build_task_data(config, tasks, model_config)
 
   # ------------------------------------------------------------------ State
   boxed = jax.eval_shape(lambda: init_variables(model, jax.random.key(0)))
@@ -200,6 +238,13 @@ def train_and_evaluate(config, workdir: str) -> RunResult:
           lrs, decays, abstract_params),
       in_shardings=(state_shardings, batch_sh, replicated, replicated),
       out_shardings=(state_shardings, replicated), donate_argnums=(0,))
+  # The "summed" schedule: one compiled step over every task of the run (all tasks step at
+  # every iteration there, so there is exactly one combination to compile).
+  summed_steps = jax.jit(make_summed_step(
+      model.apply, tasks, StepSettings(optimizer_config, 1.0, 1, rules),
+      {t.name: loss_scale(t, tasks) for t in tasks}, lrs, decays, abstract_params),
+      in_shardings=(state_shardings, batch_sh, replicated, replicated),
+      out_shardings=(state_shardings, replicated), donate_argnums=(0,))
   eval_steps = StepCache(lambda task: make_eval_step(model.apply, task, rules),
                          in_shardings=(param_shardings, batch_sh),
                          out_shardings=(replicated, replicated))
@@ -210,6 +255,13 @@ def train_and_evaluate(config, workdir: str) -> RunResult:
       iterators[name].set_state(it_state)
   base_key = jax.random.key(config.seed)
   task_by_name = {t.name: t for t in tasks}
+  if start_iteration < schedule.total_iterations and schedule.kind != "summed":
+    started = time.perf_counter()
+    with jax.set_mesh(mesh):
+      train_steps.warm_up([(t, (state, _batch_shapes(data[t.name], mesh), base_key,
+                                np.float32(0))) for t in tasks],
+                          max_workers=config.compile_threads)
+    log.note(f"compiled {len(tasks)} training steps in {time.perf_counter() - started:.0f} s")
 
   # ------------------------------------------------------------------ Loop
   stop = {"signal": None}
@@ -224,7 +276,11 @@ def train_and_evaluate(config, workdir: str) -> RunResult:
       for iteration in range(start_iteration, total):
         lr_multiplier = (opt.warmup_linear_python(iteration, warmup, total)
                          if config.schedule.lr_scheduler == "warmup_linear" else 1.0)
-        for name in schedule.tasks_at(iteration):
+        if schedule.kind == "summed":
+          state = _summed_iteration(schedule.tasks_at(iteration), summed_steps, state,
+                                    iterators, mesh, base_key, iteration, lr_multiplier,
+                                    pending, log, task_by_name)
+        for name in ([] if schedule.kind == "summed" else schedule.tasks_at(iteration)):
           task = task_by_name[name]
           started = time.perf_counter()
           batch = _device_batch(next(iterators[name]), mesh)
@@ -239,7 +295,7 @@ def train_and_evaluate(config, workdir: str) -> RunResult:
         if config.eval_during_training:
           for name in schedule.evaluates_at(iteration):
             result = evaluate_task(data[name], eval_steps(task_by_name[name]), state.params,
-                                   mesh)
+                                   mesh, config.eval_max_batches)
             schedule.record_score(name, result["score"])
             results[name] = dict(result, iteration=iteration + 1)
             log.eval(iteration, name, result, schedule.controllers[name].to_json())
@@ -266,14 +322,29 @@ def train_and_evaluate(config, workdir: str) -> RunResult:
     checkpointer.close()
     log.close()
 
-  if not config.eval_during_training:
-    with jax.set_mesh(mesh):
-      for task in tasks:
-        results[task.name] = dict(evaluate_task(data[task.name], eval_steps(task),
-                                                state.params, mesh), iteration=total)
+  # The final table: every task on its whole validation split (during training, DSG may
+  # have looked at a prefix only, see config.eval_max_batches).
+  with jax.set_mesh(mesh):
+    for task in tasks:
+      results[task.name] = dict(evaluate_task(data[task.name], eval_steps(task), state.params,
+                                              mesh), iteration=total)
   if is_chief:
-    results_table(workdir, tasks, results)
+    results_table(workdir, tasks, results, chance)
   return RunResult(total, results, state, train_steps.compilations())
+
+
+def _summed_iteration(names, summed_step, state, iterators, mesh, base_key, iteration,
+                      lr_multiplier, pending, log, task_by_name):
+  """One summed-gradient update over every task's next batch."""
+  started = time.perf_counter()
+  batches = {name: _device_batch(next(iterators[name]), mesh) for name in names}
+  rng = jax.random.fold_in(base_key, iteration)
+  state, metrics = summed_step(state, batches, rng, np.float32(lr_multiplier))
+  _check_pending(pending, log)
+  for name in names:
+    pending.append((iteration, name, metrics[name]))
+    log.accumulate(name, started, task_by_name[name].batch_size)
+  return state
 
 
 def _initial_state(config, model, model_config, state_shardings, log) -> TrainState:

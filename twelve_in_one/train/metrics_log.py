@@ -14,6 +14,7 @@ import time
 from typing import Any
 
 import numpy as np
+import tqdm
 
 from twelve_in_one.tasks.registry import Task
 
@@ -36,8 +37,10 @@ class MetricsLog:
       self._writer = SummaryWriter(os.path.join(workdir, "tensorboard"))
 
   def note(self, text: str) -> None:
+    """A progress message: printed (above the progress bar) and kept in metrics.jsonl."""
     logging.info("%s", text)
     if self.enabled:
+      tqdm.tqdm.write(text)
       self._write({"note": text, "time": time.time()})
 
   def accumulate(self, task: str, started: float, examples: int) -> None:

@@ -8,6 +8,7 @@ compilations, so a recompilation after warm-up is visible (and fails a test).
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import functools
 import logging
@@ -90,6 +91,39 @@ def make_train_step(apply_fn: Callable, task: Task, settings: StepSettings, lrs:
   return step
 
 
+def make_summed_step(apply_fn: Callable, tasks: list[Task], settings: StepSettings,
+                     loss_scales: dict[str, float], lrs: Any, decays: Any,
+                     params_like: Any) -> Callable:
+  """One update from the summed, scaled losses of several tasks (the "summed" schedule).
+
+  `(state, batches: {task: batch}, rng, lr_multiplier) -> (state, {task: metrics})`. The
+  alternative to the reference's sequential per-task updates: one gradient, one Adam step.
+  """
+  used = set().union(*(_used_modules(t) for t in tasks))
+  active = opt.active_mask(params_like, used)
+
+  def step(state: TrainState, batches: dict, rng: jax.Array, lr_multiplier: jax.Array):
+    def loss_fn(params):
+      total, auxes = 0.0, {}
+      for task in tasks:
+        with nn.logical_axis_rules(settings.rules):
+          scaled, aux = task_loss(apply_fn, params, task, batches[task.name],
+                                  deterministic=False, rng=jax.random.fold_in(rng, task.task_id),
+                                  loss_scale=loss_scales[task.name])
+        total, auxes[task.name] = total + scaled, aux
+      return total, auxes
+
+    (_, auxes), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    params, opt_state = opt.apply_update(state.params, grads, state.opt_state, lr_multiplier,
+                                         config=settings.optimizer, lrs=lrs, decays=decays,
+                                         active=active)
+    metrics = {name: {"loss": aux["loss"], "score": aux["scores"].mean()}
+               for name, aux in auxes.items()}
+    return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+  return step
+
+
 def make_eval_step(apply_fn: Callable, task: Task, rules: tuple = ()) -> Callable:
   """`(params, batch) -> (loss, per-example scores)` with dropout off."""
 
@@ -102,7 +136,13 @@ def make_eval_step(apply_fn: Callable, task: Task, rules: tuple = ()) -> Callabl
 
 
 class StepCache:
-  """Compiles each task's step once, with fixed shardings, and counts compilations."""
+  """Compiles each task's step once, with fixed shardings, and counts compilations.
+
+  `warm_up` compiles the tasks' steps ahead of time, optionally in parallel threads (XLA
+  compiles without the GIL; on a 2-core machine that is slower than one at a time, so the
+  default is 1). A task's compiled step then only accepts its own shapes, so a shape change is
+  an error instead of a silent recompilation.
+  """
 
   def __init__(self, builder: Callable[[Task], Callable], *, in_shardings, out_shardings,
                donate_argnums=()):
@@ -110,13 +150,32 @@ class StepCache:
     self._jit = functools.partial(jax.jit, in_shardings=in_shardings,
                                   out_shardings=out_shardings, donate_argnums=donate_argnums)
     self._steps: dict[str, Any] = {}
+    self._compiled: dict[str, Any] = {}
 
-  def __call__(self, task: Task):
+  def _jitted(self, task: Task):
     if task.name not in self._steps:
       logging.info("building the step of task %s", task.name)
       self._steps[task.name] = self._jit(self._builder(task))
     return self._steps[task.name]
 
+  def __call__(self, task: Task):
+    return self._compiled.get(task.name) or self._jitted(task)
+
+  def warm_up(self, tasks_and_args: list[tuple[Task, tuple]], max_workers: int = 1) -> None:
+    """Compiles the steps of the given (task, example arguments) pairs in parallel.
+
+    The example arguments may be arrays or `jax.ShapeDtypeStruct`s of the real shapes.
+    """
+    todo = [(t, a) for t, a in tasks_and_args if t.name not in self._compiled]
+    lowered = [(t, self._jitted(t).lower(*args)) for t, args in todo]   # tracing: not threaded
+    with concurrent.futures.ThreadPoolExecutor(max_workers=max_workers) as pool:
+      compiled = list(pool.map(lambda item: item[1].compile(), lowered))
+    for (task, _), executable in zip(lowered, compiled):
+      self._compiled[task.name] = executable
+
   def compilations(self) -> dict[str, int]:
     """Number of compiled variants of each task's step (1 after warm-up, never more)."""
-    return {name: fn._cache_size() for name, fn in self._steps.items()}
+    names = set(self._steps) | set(self._compiled)
+    return {name: int(name in self._compiled) + (self._steps[name]._cache_size()
+                                                  if name in self._steps else 0)
+            for name in names}

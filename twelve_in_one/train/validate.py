@@ -46,6 +46,9 @@ def validate_config(config, tasks: list[Task], mesh) -> None:
     if accum < 1 or (task.batch_size // processes) % accum:
       raise ValueError(f"config.optimizer.grad_accum_steps={accum} must divide the "
                        f"per-process batch of task {task.name} ({task.batch_size // processes})")
+  if config.get("variant") == "finetune" and not config.init.checkpoint:
+    raise ValueError("config variant finetune needs --config.init.checkpoint=PATH (the "
+                     "multi-task model, e.g. multi_task_model.bin or a converted directory)")
   if config.schedule.num_epochs < 1:
     raise ValueError(f"config.schedule.num_epochs={config.schedule.num_epochs}; expected >= 1")
   if config.checkpoint.every_iterations < 1:

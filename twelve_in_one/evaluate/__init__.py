@@ -1,0 +1,1 @@
+"""Evaluation (official metrics, retrieval ranking, server files), prediction and pictures."""
