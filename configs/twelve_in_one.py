@@ -79,8 +79,10 @@ def get_config(arg=None):
   config.variant = variant
   config.seed = 0
 
+  # `vocab_size` 0 keeps the preset's (30522, bert-base-uncased, except `tiny`).
   config.model = config_dict.ConfigDict(dict(
-      name="base", dtype="float32", attention_impl="einsum", task_specific_tokens=True))
+      name="base", dtype="float32", attention_impl="einsum", task_specific_tokens=True,
+      vocab_size=0))
 
   config.tasks = ",".join(TWELVE)
   config.task_settings = _task_settings(TWELVE)

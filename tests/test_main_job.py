@@ -18,6 +18,7 @@ def test_tiny_main_job_end_to_end(tmp_path):
            progress=lambda message: None)
   config = _config_module().get_config("smoke")
   config.model.name = "tiny"
+  config.model.vocab_size = 30522   # the data is tokenized with bert-base-uncased
   config.data.release_dir = str(release)
   config.schedule.num_epochs = 1
   config.schedule.iterations_per_epoch = 1

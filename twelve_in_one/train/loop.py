@@ -121,12 +121,21 @@ def answer_head_sizes(data: dict[str, TaskData]) -> dict[str, int]:
   return {key: size for key, (size, _) in sizes.items()}
 
 
-def _batch_shapes(task_data: TaskData, mesh) -> dict:
-  """The global shapes and shardings of a task's training batches (for compiling ahead)."""
+def _batch_shapes(task_data: TaskData, mesh, vocab_size: int) -> dict:
+  """The global shapes and shardings of a task's training batches (for compiling ahead).
+
+  Also checks the first batch's token ids against the model's vocabulary: an id past the
+  embedding table would silently embed as NaN (JAX gathers out of range fill with NaN).
+  """
   sample = task_data.train_iterator()
   batch = next(sample)
   if hasattr(sample, "close"):
     sample.close()
+  largest = int(np.max(batch["input_ids"]))
+  if largest >= vocab_size:
+    raise ValueError(f"task {task_data.task.name}: token id {largest} in the data, but the "
+                     f"model's vocab_size is {vocab_size}; the data was tokenized with another "
+                     "vocabulary (set --config.model.vocab_size or --config.data.vocab)")
   sharded = sharding.batch_sharding(mesh)
   processes = jax.process_count()
   return {k: jax.ShapeDtypeStruct((v.shape[0] * processes,) + v.shape[1:], v.dtype,
@@ -171,9 +180,11 @@ def train_and_evaluate(config, workdir: str, chance: dict[str, float] | None = N
   rules = tuple((name, tuple(axes) if isinstance(axes, list) else axes)
                 for name, axes in config.mesh.rules)
   validate_config(config, tasks, mesh)
+  overrides = {"vocab_size": config.model.vocab_size} if config.model.vocab_size else {}
   model_config = get_model_config(config.model.name, dtype=config.model.dtype,
                                   attention_impl=config.model.attention_impl,
-                                  task_specific_tokens=config.model.task_specific_tokens)
+                                  task_specific_tokens=config.model.task_specific_tokens,
+                                  **overrides)
   data = build_task_data(config, tasks, model_config)
   model_config = model_config.replace(**answer_head_sizes(data))
   model = ViLBertForVLTasks(model_config)
@@ -258,7 +269,8 @@ def train_and_evaluate(config, workdir: str, chance: dict[str, float] | None = N
   if start_iteration < schedule.total_iterations and schedule.kind != "summed":
     started = time.perf_counter()
     with jax.set_mesh(mesh):
-      train_steps.warm_up([(t, (state, _batch_shapes(data[t.name], mesh), base_key,
+      train_steps.warm_up([(t, (state, _batch_shapes(data[t.name], mesh,
+                                                     model_config.vocab_size), base_key,
                                 np.float32(0))) for t in tasks],
                           max_workers=config.compile_threads)
     log.note(f"compiled {len(tasks)} training steps in {time.perf_counter() - started:.0f} s")

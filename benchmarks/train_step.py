@@ -1,0 +1,451 @@
+"""The real per-task training step against the machine's matmul rate: time, FLOPs, memory.
+
+    .venv/bin/python benchmarks/train_step.py [--batch_sizes=8,32] [--tasks=vqa,refcoco]
+        [--other_batch_sizes=8] [--dtype=float32|bfloat16] [--attention_impl=einsum]
+        [--repeats=5] [--inference=32] [--config=base] [--prng_impl=threefry2x32]
+        [--wait_for="twelve-in-one train"] [--peak_tflops=0] [--json_out=FILE]
+
+What is timed is the step the trainer runs (`train/steps.py`): `make_train_step` for the task
+(forward with dropout, the task's loss, backward, the reference AdamW with its per-task active
+mask), jitted with the state donated and compiled ahead of time as `StepCache.warm_up` does, on
+the `base` model (or `--config`) with random batches of the task's official shapes
+(`tasks/examples.random_batch`: VQA is 23 tokens + the task token = 24, 101 regions x 2048).
+The batch is put on the device once before the loop (what a prefetching input pipeline gives);
+`--host_batch` passes the numpy batch every step instead.
+
+The first task runs at every `--batch_sizes`, the other tasks at `--other_batch_sizes`;
+`--inference=N` adds a forward-only run (dropout off, the task's head only) of the first task at
+batch N (0: none). Each measurement runs in its own fresh process (unless `--no_isolate`), so
+its peak RSS (`resource.getrusage`) is its own. Every process also measures the best
+`jnp.dot` of two `--matmul_size`² float32 matrices, so the step's FLOP/s can be compared with
+the machine's matmul rate *in the same run* (the machine is shared and noisy).
+
+FLOPs per example are XLA's (`compiled.cost_analysis()["flops"]`: every op, GEMMs plus the
+element-wise work), the dot FLOPs read from the compiled HLO, and a hand count of the GEMMs
+(`gemm_flops` below, printed per part). "Achieved" uses the hand-counted GEMM FLOPs, the same
+convention as the official-code anchor in issue 8 (68.6 GFLOP per training example, GEMMs
+only). With `--peak_tflops` (e.g. 790 for an H200 in bf16) the MFU is printed too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import os
+import platform
+import re
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+# The official PyTorch code on the 2-core CPU machine (issue 8, 2026-11-29).
+ANCHOR = {
+    ("train", 8): {"examples_per_s": 1.94, "step_s": 4.13, "peak_rss_gib": 5.4},
+    ("train", 32): {"examples_per_s": 2.36, "step_s": 13.6, "peak_rss_gib": 8.8},
+    ("inference", 32): {"examples_per_s": 7.47},
+}
+ANCHOR_GFLOP_PER_EXAMPLE = 68.6
+
+
+# ----------------------------------------------------------------------------- hand count
+def gemm_flops(cfg, task, seq_len: int, num_regions: int) -> dict[str, float]:
+  """Forward GEMM FLOPs (2·M·N·K per matmul) of one model row, by part.
+
+  seq_len counts the task token (VQA: 24); num_regions per model row (101). Attention counts
+  both batched matmuls (Q·Kᵀ and P·V). Gathers (word/position/type/task embeddings), LayerNorm,
+  GELU, softmax, dropout and the loss are not GEMMs and are not counted.
+  """
+  t, r = seq_len, num_regions
+  h, hi, v, vi, bi = (cfg.hidden_size, cfg.intermediate_size, cfg.v_hidden_size,
+                      cfg.v_intermediate_size, cfg.bi_hidden_size)
+  mm = lambda m, n, k: 2.0 * m * n * k
+  text_layer = (mm(t, 3 * h, h) + mm(t, t, h) * 2 + mm(t, h, h) + mm(t, hi, h) + mm(t, h, hi))
+  visual_layer = (mm(r, 3 * v, v) + mm(r, r, v) * 2 + mm(r, v, v) + mm(r, vi, v) + mm(r, v, vi))
+  co_block = (mm(r, 3 * bi, v) + mm(t, 3 * bi, h)            # query1/key1/value1, query2/...
+              + 2 * (mm(t, r, bi) * 2)                        # text->image and image->text
+              + mm(r, v, bi) + mm(t, h, bi)                   # biOutput dense1, dense2
+              + mm(r, vi, v) + mm(r, v, vi)                   # v_intermediate, v_output
+              + mm(t, hi, h) + mm(t, h, hi))                  # t_intermediate, t_output
+  parts = {
+      f"image embeddings ({cfg.v_feature_size}->{v}, box 5->{v})": mm(r, v, cfg.v_feature_size) + mm(r, v, 5),
+      f"{cfg.num_hidden_layers} text layers @ {t} tokens": cfg.num_hidden_layers * text_layer,
+      f"{cfg.v_num_hidden_layers} visual layers @ {r} regions":
+          cfg.v_num_hidden_layers * visual_layer,
+      f"{cfg.num_co_attention_blocks} co-attention blocks": cfg.num_co_attention_blocks
+                                                              * co_block,
+      f"poolers ({h}->{bi}, {v}->{bi})": mm(1, bi, h) + mm(1, bi, v),
+  }
+  two = 2 * bi
+  head = {
+      "VL-classifier": mm(1, two, bi) + mm(1, cfg.num_vqa_answers, two),
+      "VL-classifier-GQA": mm(1, two, bi) + mm(1, cfg.num_gqa_answers, two),
+      "VL-logit": mm(1, 1, bi),
+      "VL-binary-classifier": (mm(1, two, two) + mm(1, 2, two)) / 2,   # per row (pairs of rows)
+      "VL-tri-classifier": mm(1, 3, bi),
+      "V-logit": mm(r, 1, v),
+      "V-logit-mc": mm(r, 1, v),
+  }[task.head_type]
+  parts[f"task head ({task.output})"] = head
+  return parts
+
+
+def rows_per_example(task) -> int:
+  """Model rows per task example: K options for retrieval, 2 images for NLVR2."""
+  if task.process == "retrieval":
+    return task.num_options
+  return task.images_per_example
+
+
+def training_gemm_flops(cfg, task, seq_len: int, num_regions: int) -> float:
+  """Per example: 3x the forward (dX and dW per GEMM), less the image embeddings' dX.
+
+  The region features and boxes are inputs, not parameters, so the backward of the first
+  visual GEMMs computes only the weight gradient.
+  """
+  parts = gemm_flops(cfg, task, seq_len, num_regions)
+  forward = sum(parts.values())
+  no_dx = 2.0 * num_regions * cfg.v_hidden_size * (cfg.v_feature_size + 5)
+  return (3 * forward - no_dx) * rows_per_example(task)
+
+
+# ----------------------------------------------------------------------------- HLO dot count
+_DEF = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*[a-z0-9]+\[([0-9,]*)\]", re.M)
+_OPERAND = r"(?:[a-z0-9]+\[[0-9,]*\](?:\{[^}]*\})?\s+)?%?([\w.\-]+)"
+_DOT = re.compile(r"=\s*[a-z0-9]+\[([0-9,]*)\](?:\{[^}]*\})?\s+dot\(" + _OPERAND + r",\s*"
+                  + _OPERAND + r"\).*?lhs_contracting_dims=\{([0-9,]*)\}")
+
+
+def hlo_dot_flops(hlo_text: str) -> tuple[float, int]:
+  """2·|out|·|contracted| summed over the `dot` instructions of an HLO module (and their count).
+
+  Operand shapes come from the instructions that define them (names are unique in a module).
+  Dots inside loops would be counted once; the steps here have none (no grad accumulation).
+  """
+  dims = lambda s: [int(d) for d in s.split(",") if d]
+  shapes = {name: dims(shape) for name, shape in _DEF.findall(hlo_text)}
+  total, count = 0.0, 0
+  for out, lhs, _, contracting in _DOT.findall(hlo_text):
+    out_size = 1
+    for d in dims(out):
+      out_size *= d
+    k = 1
+    for c in dims(contracting):
+      k *= shapes[lhs][c]
+    total += 2.0 * out_size * k
+    count += 1
+  return total, count
+
+
+# ----------------------------------------------------------------------------- one measurement
+@dataclasses.dataclass
+class Spec:
+  mode: str            # train | inference
+  task: str
+  batch: int
+  config: str
+  dtype: str
+  attention_impl: str
+  repeats: int
+  warmup: int
+  prng_impl: str
+  matmul_size: int
+  matmul_repeats: int
+  host_batch: bool
+  peak_tflops: float
+
+
+def _peak_rss_gib() -> float:
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20   # KiB on Linux
+
+
+def _cost_flops(compiled) -> float:
+  cost = compiled.cost_analysis()
+  if isinstance(cost, (list, tuple)):
+    cost = cost[0]
+  return float(cost.get("flops", float("nan"))) if cost else float("nan")
+
+
+def best_matmul_flops(jax, jnp, size: int, repeats: int) -> float:
+  """Best FLOP/s of a jitted float32 `jnp.dot` of two size x size matrices."""
+  a = jax.random.normal(jax.random.key(1), (size, size), jnp.float32)
+  b = jax.random.normal(jax.random.key(2), (size, size), jnp.float32)
+  dot = jax.jit(jnp.dot)
+  dot(a, b).block_until_ready()
+  best = float("inf")
+  for _ in range(repeats):
+    start = time.perf_counter()
+    dot(a, b).block_until_ready()
+    best = min(best, time.perf_counter() - start)
+  return 2.0 * size**3 / best
+
+
+def measure(spec: Spec) -> dict:
+  """Runs one measurement in this process and returns its figures."""
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+
+  from twelve_in_one.models import ViLBertForVLTasks, get_model_config, init_params
+  from twelve_in_one.tasks import get_task
+  from twelve_in_one.tasks.examples import random_batch
+  from twelve_in_one.train import optimizer as opt
+  from twelve_in_one.train.objective import task_outputs
+  from twelve_in_one.train.steps import StepSettings, create_state, make_train_step
+
+  cfg = get_model_config(spec.config, dtype=spec.dtype, attention_impl=spec.attention_impl)
+  task = get_task(spec.task)
+  model = ViLBertForVLTasks(cfg)
+  host = random_batch(task, spec.batch, vocab_size=cfg.vocab_size,
+                      feature_size=cfg.v_feature_size, num_vqa_answers=cfg.num_vqa_answers,
+                      num_gqa_answers=cfg.num_gqa_answers)
+  batch = host if spec.host_batch else jax.device_put(host)
+  seq_len = task.model_text_length(cfg.task_specific_tokens)
+  num_regions = task.max_region_num
+  matmul_before = best_matmul_flops(jax, jnp, spec.matmul_size, spec.matmul_repeats)
+
+  t0 = time.perf_counter()
+  if spec.mode == "train":
+    abstract = jax.eval_shape(lambda: init_params(model, jax.random.key(0)))
+    settings = StepSettings(opt.OptimizerConfig())
+    lrs = opt.learning_rates(abstract, settings.optimizer)
+    decays = opt.weight_decays(abstract, settings.optimizer)
+    # Parameters and moments are made inside one program, as the trainer does.
+    state = jax.jit(lambda key: create_state(init_params(model, key)))(jax.random.key(0))
+    jax.block_until_ready(state)
+    num_params = sum(x.size for x in jax.tree.leaves(state.params))
+    init_s = time.perf_counter() - t0
+    step = jax.jit(make_train_step(model.apply, task, settings, lrs, decays, abstract),
+                   donate_argnums=(0,))
+    base_key = jax.random.key(0, impl=spec.prng_impl)
+    lr = jnp.float32(1.0)
+    t1 = time.perf_counter()
+    lowered = step.lower(state, batch, base_key, lr)
+    t2 = time.perf_counter()
+    compiled = lowered.compile()
+    t3 = time.perf_counter()
+    keys = [jax.random.fold_in(base_key, i) for i in range(spec.warmup + spec.repeats)]
+    times = []
+    for i, key in enumerate(keys):
+      start = time.perf_counter()
+      state, metrics = compiled(state, batch, key, lr)
+      jax.block_until_ready((state, metrics))
+      if i >= spec.warmup:
+        times.append(time.perf_counter() - start)
+    finite = bool(np.isfinite(float(metrics["loss"])))
+    gemm = training_gemm_flops(cfg, task, seq_len, num_regions)
+  else:
+    params = jax.jit(lambda key: init_params(model, key))(jax.random.key(0))
+    jax.block_until_ready(params)
+    num_params = sum(x.size for x in jax.tree.leaves(params))
+    init_s = time.perf_counter() - t0
+    forward = jax.jit(lambda p, b: task_outputs(model.apply, p, task, b)[task.output])
+    t1 = time.perf_counter()
+    lowered = forward.lower(params, batch)
+    t2 = time.perf_counter()
+    compiled = lowered.compile()
+    t3 = time.perf_counter()
+    times = []
+    for i in range(spec.warmup + spec.repeats):
+      start = time.perf_counter()
+      out = compiled(params, batch)
+      out.block_until_ready()
+      if i >= spec.warmup:
+        times.append(time.perf_counter() - start)
+    finite = bool(np.isfinite(np.asarray(out, np.float32)).all())
+    gemm = sum(gemm_flops(cfg, task, seq_len, num_regions).values()) * rows_per_example(task)
+
+  matmul_after = best_matmul_flops(jax, jnp, spec.matmul_size, spec.matmul_repeats)
+  median = statistics.median(times)
+  xla_flops = _cost_flops(compiled) / spec.batch
+  dot_flops, dot_count = hlo_dot_flops(compiled.as_text())
+  device = jax.devices()[0]
+  stats = device.memory_stats() if hasattr(device, "memory_stats") else None
+  result = dict(
+      dataclasses.asdict(spec),
+      device=str(device.device_kind), platform=device.platform, num_params=int(num_params),
+      seq_len=seq_len, num_regions=num_regions, init_s=init_s, lower_s=t2 - t1,
+      compile_s=t3 - t2, step_times_s=times, median_s=median,
+      examples_per_s=spec.batch / median, xla_flops_per_example=xla_flops,
+      hlo_dot_flops_per_example=dot_flops / spec.batch, hlo_dots=dot_count,
+      gemm_flops_per_example=gemm, matmul_flops=max(matmul_before, matmul_after),
+      matmul_flops_before=matmul_before, matmul_flops_after=matmul_after,
+      peak_rss_gib=_peak_rss_gib(), finite=finite, load_average_end=os.getloadavg()[0],
+      device_peak_gib=(stats or {}).get("peak_bytes_in_use", 0) / 2**30)
+  result["achieved_flops"] = gemm * result["examples_per_s"]
+  result["achieved_xla_flops"] = xla_flops * result["examples_per_s"]
+  result["fraction_of_matmul"] = result["achieved_flops"] / result["matmul_flops"]
+  return result
+
+
+# ----------------------------------------------------------------------------- driver
+def _wait_for_quiet(pattern: str, poll_s: float = 5.0) -> float:
+  """Blocks while `pgrep -f pattern` finds a process (other than this one); returns the wait."""
+  if not pattern:
+    return 0.0
+  start = time.monotonic()
+  while True:
+    found = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True).stdout
+    pids = [p for p in found.split() if int(p) != os.getpid()]
+    if not pids:
+      return time.monotonic() - start
+    time.sleep(poll_s)
+
+
+def run_isolated(spec: Spec) -> dict:
+  """`measure(spec)` in a fresh interpreter, so peak RSS and caches are the run's own."""
+  proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--_child",
+                         json.dumps(dataclasses.asdict(spec))],
+                        capture_output=True, text=True)
+  if proc.returncode != 0:
+    sys.stderr.write(proc.stderr)
+    raise SystemExit(f"measurement {spec} failed (exit {proc.returncode})")
+  return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _fmt_table(header: list[str], rows: list[list[str]]) -> str:
+  widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
+  line = lambda cells: "| " + " | ".join(str(c).rjust(w) for c, w in zip(cells, widths)) + " |"
+  sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
+  return "\n".join([line(header), sep] + [line(r) for r in rows])
+
+
+def print_hand_count(cfg, tasks) -> None:
+  from twelve_in_one.tasks import get_task
+  for name in tasks:
+    task = get_task(name)
+    seq_len, regions = task.model_text_length(cfg.task_specific_tokens), task.max_region_num
+    parts = gemm_flops(cfg, task, seq_len, regions)
+    rows = [[part, f"{flops / 1e9:.3f}"] for part, flops in parts.items()]
+    forward = sum(parts.values())
+    rows.append(["forward, one model row", f"{forward / 1e9:.3f}"])
+    rows.append([f"forward per example (x{rows_per_example(task)} rows)",
+                 f"{forward * rows_per_example(task) / 1e9:.3f}"])
+    rows.append(["training per example: 3x forward - image-embedding dX",
+                 f"{training_gemm_flops(cfg, task, seq_len, regions) / 1e9:.3f}"])
+    print(f"\nHand count of GEMM FLOPs, task {name} ({seq_len} text positions incl. the task "
+          f"token, {regions} regions), GFLOP:")
+    print(_fmt_table(["part", "GFLOP"], rows))
+
+
+def print_results(results: list[dict], peak_tflops: float) -> None:
+  g = lambda x: f"{x / 1e9:.1f}"
+  speed, cost = [], []
+  for r in results:
+    anchor = ANCHOR.get((r["mode"], r["batch"])) if r["task"] == "vqa" else None
+    vs = f"{r['examples_per_s'] / anchor['examples_per_s']:.2f}x of {anchor['examples_per_s']}" \
+        if anchor else "-"
+    rss_vs = (f"{r['peak_rss_gib'] / anchor['peak_rss_gib']:.2f}x of {anchor['peak_rss_gib']}"
+              if anchor and "peak_rss_gib" in anchor else "-")
+    speed.append([r["mode"], r["task"], r["batch"], r["dtype"], f"{r['median_s']:.3f}",
+                  f"{min(r['step_times_s']):.3f}-{max(r['step_times_s']):.3f}",
+                  len(r["step_times_s"]), f"{r['examples_per_s']:.2f}", vs,
+                  f"{r['peak_rss_gib']:.2f}", rss_vs,
+                  f"{r['lower_s']:.1f}+{r['compile_s']:.1f}"])
+    row = [r["mode"], r["task"], r["batch"], g(r["xla_flops_per_example"]),
+           g(r["hlo_dot_flops_per_example"]), g(r["gemm_flops_per_example"]),
+           f"{r['hlo_dot_flops_per_example'] / r['gemm_flops_per_example']:.3f}",
+           g(r["achieved_flops"]), g(r["achieved_xla_flops"]), g(r["matmul_flops"]),
+           f"{100 * r['fraction_of_matmul']:.0f}%"]
+    if peak_tflops:
+      row.append(f"{100 * r['achieved_flops'] / (peak_tflops * 1e12):.1f}%")
+    cost.append(row)
+  print("\nSpeed and memory (median over the timed steps; compile = lower + XLA compile):")
+  print(_fmt_table(["mode", "task", "batch", "dtype", "median s/step", "min-max s", "steps",
+                    "examples/s", "vs official", "peak RSS GiB", "vs official",
+                    "compile s"], speed))
+  print("\nCost per example (GFLOP) and rates (GFLOP/s; achieved = hand GEMM count x "
+        "examples/s; matmul = best jnp.dot float32 "
+        f"{results[0]['matmul_size']}^3 in the same process):")
+  header = ["mode", "task", "batch", "XLA cost", "HLO dots", "hand GEMM", "dots/hand",
+            "achieved", "achieved (XLA cost)", "matmul", "achieved/matmul"]
+  if peak_tflops:
+    header.append(f"MFU vs {peak_tflops:g} TFLOP/s")
+  print(_fmt_table(header, cost))
+
+
+def main(argv=None) -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--batch_sizes", default="8,32", help="batches of the first task")
+  parser.add_argument("--tasks", default="vqa,refcoco")
+  parser.add_argument("--other_batch_sizes", default="",
+                      help="batches of the other tasks (default: the first of --batch_sizes)")
+  parser.add_argument("--config", default="base", help="model preset or official JSON config")
+  parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+  parser.add_argument("--attention_impl", default="einsum",
+                      choices=["einsum", "dot_product_attention"])
+  parser.add_argument("--repeats", type=int, default=5, help="timed steps per measurement")
+  parser.add_argument("--warmup", type=int, default=1, help="untimed steps after compiling")
+  parser.add_argument("--inference", type=int, default=32,
+                      help="forward-only batch of the first task (0: skip)")
+  parser.add_argument("--no_train", action="store_true", help="only the inference run")
+  parser.add_argument("--prng_impl", default="threefry2x32",
+                      help="key implementation of the dropout rng (threefry2x32, rbg, "
+                           "unsafe_rbg)")
+  parser.add_argument("--matmul_size", type=int, default=2048)
+  parser.add_argument("--matmul_repeats", type=int, default=10)
+  parser.add_argument("--host_batch", action="store_true",
+                      help="pass the numpy batch to every step instead of a device batch")
+  parser.add_argument("--peak_tflops", type=float, default=0.0,
+                      help="the accelerator's matmul rate, to print MFU (H200 bf16: 790)")
+  parser.add_argument("--no_isolate", action="store_true",
+                      help="run every measurement in this process (peak RSS then accumulates)")
+  parser.add_argument("--wait_for", default="",
+                      help="before each measurement, wait until `pgrep -f` finds no such process")
+  parser.add_argument("--json_out", default="")
+  parser.add_argument("--_child", default="", help=argparse.SUPPRESS)
+  args = parser.parse_args(argv)
+
+  if args._child:
+    print(json.dumps(measure(Spec(**json.loads(args._child)))))
+    return
+
+  tasks = [t for t in args.tasks.split(",") if t]
+  batches = [int(b) for b in args.batch_sizes.split(",") if b]
+  others = [int(b) for b in args.other_batch_sizes.split(",") if b] or batches[:1]
+  common = dict(config=args.config, dtype=args.dtype, attention_impl=args.attention_impl,
+                repeats=args.repeats, warmup=args.warmup, prng_impl=args.prng_impl,
+                matmul_size=args.matmul_size, matmul_repeats=args.matmul_repeats,
+                host_batch=args.host_batch, peak_tflops=args.peak_tflops)
+  specs = []
+  if not args.no_train:
+    specs += [Spec("train", tasks[0], b, **common) for b in batches]
+    specs += [Spec("train", t, b, **common) for t in tasks[1:] for b in others]
+  if args.inference:
+    specs.append(Spec("inference", tasks[0], args.inference, **common))
+
+  import jax
+  from twelve_in_one.models import get_model_config
+  print(f"date {datetime.datetime.now().isoformat(timespec='seconds')}  host {platform.node()}  "
+        f"cpus {os.cpu_count()}  python {platform.python_version()}  jax {jax.__version__}")
+  print("command: " + " ".join([os.path.relpath(sys.executable)] + sys.argv))
+  cfg = get_model_config(args.config, dtype=args.dtype, attention_impl=args.attention_impl)
+  print_hand_count(cfg, tasks)
+
+  results = []
+  for spec in specs:
+    waited = _wait_for_quiet(args.wait_for)
+    started = time.perf_counter()
+    result = measure(spec) if args.no_isolate else run_isolated(spec)
+    result["waited_s"], result["wall_s"] = waited, time.perf_counter() - started
+    results.append(result)
+    print(f"  {spec.mode} {spec.task} batch {spec.batch}: {result['median_s']:.3f} s/step, "
+          f"{result['examples_per_s']:.2f} ex/s, peak RSS {result['peak_rss_gib']:.2f} GiB, "
+          f"compile {result['compile_s']:.1f} s, {result['num_params'] / 1e6:.1f}M params, "
+          f"finite={result['finite']} (waited {waited:.0f} s, wall {result['wall_s']:.0f} s, "
+          f"load average {result['load_average_end']:.1f})",
+          flush=True)
+  print(f"\ndevice {results[0]['device']} ({results[0]['platform']}); prng "
+        f"{args.prng_impl}; attention {args.attention_impl}; batch on "
+        f"{'host' if args.host_batch else 'device'}")
+  print_results(results, args.peak_tflops)
+  if args.json_out:
+    with open(args.json_out, "w") as f:
+      json.dump(results, f, indent=1)
+
+
+if __name__ == "__main__":
+  main()
