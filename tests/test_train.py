@@ -110,7 +110,7 @@ def test_sigterm_then_resume_is_bitwise_identical(tmp_path, monkeypatch):
   reference = loop_lib.train_and_evaluate(config, str(tmp_path / "straight"))
   expected = _flat(reference.state.params)
 
-  for stop_at in (1, 2, 4):   # 2 and 4 fall right after an asynchronous save was started
+  for stop_at in (1, 4):   # 4 falls right after an asynchronous save was started
     workdir = str(tmp_path / f"stop{stop_at}")
     original = Schedule.tasks_at
 
@@ -137,9 +137,10 @@ def test_nan_loss_stops_within_one_step_and_keeps_last_checkpoint(tmp_path, monk
   calls = {"n": 0}
 
   def poisoned(batch, mesh):
-    calls["n"] += 1
-    if calls["n"] == 4:   # iteration 1, second task (refcoco)
-      batch = dict(batch, image_feat=np.full_like(batch["image_feat"], np.nan))
+    if "example_mask" not in batch:   # training batches only (validation ones carry a mask)
+      calls["n"] += 1
+      if calls["n"] == 4:   # iteration 1, second task (refcoco)
+        batch = dict(batch, image_feat=np.full_like(batch["image_feat"], np.nan))
     return original(batch, mesh)
 
   monkeypatch.setattr(loop_lib, "_device_batch", poisoned)
