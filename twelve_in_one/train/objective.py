@@ -9,7 +9,6 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import jax
-import jax.numpy as jnp
 
 from twelve_in_one.tasks import model_inputs
 from twelve_in_one.tasks.registry import Task
@@ -38,6 +37,3 @@ def task_loss(apply_fn: Callable[..., dict], params: Any, task: Task, batch: dic
   scores = task.head.score(outputs, batch, task)
   return loss * loss_scale, {"loss": loss, "scores": scores}
 
-
-def batch_mean_score(scores: jax.Array) -> jax.Array:
-  return jnp.mean(scores)

@@ -75,6 +75,16 @@ def _as_int(image_id: Any) -> int | None:
     return None
 
 
+def _partition(entries: Iterable[dict[str, Any]], test_image_ids: frozenset[int],
+               image_key: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+  """(entries on test images, the other entries), in their original order."""
+  on_test: list[dict[str, Any]] = []
+  others: list[dict[str, Any]] = []
+  for entry in entries:
+    (on_test if _as_int(entry[image_key]) in test_image_ids else others).append(entry)
+  return on_test, others
+
+
 def drop_test_images(entries: Iterable[dict[str, Any]], test_image_ids: frozenset[int],
                      image_key: str = "image_id") -> tuple[list[dict[str, Any]], int]:
   """Keep the entries whose ``image_key`` is not a test image.
@@ -82,14 +92,8 @@ def drop_test_images(entries: Iterable[dict[str, Any]], test_image_ids: frozense
   Returns:
     ``(kept entries, number of entries dropped)``.
   """
-  kept: list[dict[str, Any]] = []
-  dropped = 0
-  for entry in entries:
-    if _as_int(entry[image_key]) in test_image_ids:
-      dropped += 1
-    else:
-      kept.append(entry)
-  return kept, dropped
+  on_test, others = _partition(entries, test_image_ids, image_key)
+  return others, len(on_test)
 
 
 def keep_test_images(entries: Iterable[dict[str, Any]], test_image_ids: frozenset[int],
@@ -99,11 +103,5 @@ def keep_test_images(entries: Iterable[dict[str, Any]], test_image_ids: frozense
   Returns:
     ``(kept entries, number of entries dropped)``.
   """
-  kept: list[dict[str, Any]] = []
-  dropped = 0
-  for entry in entries:
-    if _as_int(entry[image_key]) in test_image_ids:
-      kept.append(entry)
-    else:
-      dropped += 1
-  return kept, dropped
+  on_test, others = _partition(entries, test_image_ids, image_key)
+  return on_test, len(others)
