@@ -65,6 +65,7 @@ def test_two_processes_match_one_process_with_eight_devices(tmp_path):
   multi = tmp_path / "multi"
   env = dict(os.environ, XLA_FLAGS=os.environ["XLA_FLAGS"].replace(
       "device_count=8", "device_count=4"))
+  env.pop("JAX_COMPILATION_CACHE_DIR")   # both processes compile alike, none reads the other's
   processes = [subprocess.Popen(
       _cli(multi, f"--config.distributed.coordinator_address=127.0.0.1:{port}",
            "--config.distributed.num_processes=2", f"--config.distributed.process_id={index}"),

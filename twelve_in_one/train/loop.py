@@ -274,6 +274,7 @@ def train_and_evaluate(config, workdir: str, chance: dict[str, float] | None = N
                                 np.float32(0))) for t in tasks],
                           max_workers=config.compile_threads)
     log.note(f"compiled {len(tasks)} training steps in {time.perf_counter() - started:.0f} s")
+    _wait_for_all_processes("twelve_in_one_steps_compiled")
 
   # ------------------------------------------------------------------ Loop
   stop = {"signal": None}
@@ -343,6 +344,18 @@ def train_and_evaluate(config, workdir: str, chance: dict[str, float] | None = N
   if is_chief:
     results_table(workdir, tasks, results, chance)
   return RunResult(total, results, state, train_steps.compilations())
+
+
+def _wait_for_all_processes(name: str, timeout_s: int = 1800) -> None:
+  """A coordination-service barrier (no collective) before the first collective of a run.
+
+  Processes finish compiling at different times, and the CPU (gloo) collectives give up after
+  30 s waiting for a peer, so they first meet here, where the wait may be long.
+  """
+  if jax.process_count() == 1:
+    return
+  from jax._src import distributed   # the barrier of the coordination service
+  distributed.global_state.client.wait_at_barrier(name, timeout_in_ms=timeout_s * 1000)
 
 
 def _summed_iteration(names, summed_step, state, iterators, mesh, base_key, iteration,
