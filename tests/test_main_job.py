@@ -41,3 +41,46 @@ def test_tiny_main_job_end_to_end(tmp_path):
   markdown = (tmp_path / "work" / "results.md").read_text()
   assert markdown.count("\n") == 5 and "| vqa | soft accuracy |" in markdown
   assert all(count == 1 for count in result.compilations.values())
+
+
+def test_study_compares_the_arms_with_equal_budgets_and_resumes(tmp_path):
+  """`twelve-in-one study`: a multi-task run and one single-task run per task, side by side."""
+  from twelve_in_one.train.study import run_study
+
+  release = tmp_path / "release"
+  generate(release, seed=0, num_images=8, num_val_images=4, num_test_images=4, num_regions=6,
+           progress=lambda message: None)
+  config = _config_module().get_config("smoke")
+  config.model.name = "tiny"
+  config.model.vocab_size = 30522
+  config.data.release_dir = str(release)
+  config.schedule.num_epochs = 1
+  config.schedule.iterations_per_epoch = 2
+  config.eval_during_training = False
+  config.compilation_cache_dir = ""
+  config.tasks = "vqa,refcoco"
+  for name in ("vqa", "refcoco"):
+    settings = config.task_settings[name]
+    settings.batch_size = 8
+    settings.num_detected_regions = 7
+    settings.max_region_num = 7
+  out = run_study(config, str(tmp_path / "study"), say=lambda message: None)
+
+  rows = {row["task"]: row for row in out["tasks"]}
+  assert list(rows) == ["vqa", "refcoco"] and out["iterations"] == 2
+  for name, row in rows.items():
+    # Equal budgets: every task got one update per iteration in both arms.
+    assert row["single_updates"] == row["multi_updates"] == 2, row
+    single = json.loads((tmp_path / "study" / "single" / name / "results.json").read_text())
+    multi = json.loads((tmp_path / "study" / "multi_task" / "results.json").read_text())
+    assert set(single) == {name} and row["single"] == single[name]["score"]
+    assert row["multi"] == multi[name]["score"] and 0 < row["chance"] < 1
+  mean_single = (rows["vqa"]["single"] + rows["refcoco"]["single"]) / 2
+  assert abs(out["mean"]["single"] - mean_single) < 1e-12
+  table = (tmp_path / "study" / "study.md").read_text()
+  assert table.count("\n") == 5 and f"| **mean** | |" in table
+
+  # A rerun reuses the finished runs (an interrupted study resumes the same way).
+  (tmp_path / "study" / "study.md").unlink()
+  again = run_study(config, str(tmp_path / "study"), say=lambda message: None)
+  assert again["tasks"] == out["tasks"] and (tmp_path / "study" / "study.md").exists()

@@ -20,6 +20,7 @@ COMMANDS = {
     "eval": "official metrics, predictions, VQA/GQA server files and the paper-style table",
     "predict": "one image + one text + one task -> answer / box / label, with --visualize",
     "plot": "per-task training curves from metrics.jsonl, DSG stops and restarts marked",
+    "study": "the paper's comparison in miniature: multi-task vs one model per task",
 }
 
 

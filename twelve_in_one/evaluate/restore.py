@@ -27,10 +27,11 @@ from etils import epath
 from flax import traverse_util
 
 from twelve_in_one.interop import checkpoint_io
-from twelve_in_one.models import ViLBertForVLTasks, get_model_config
+from twelve_in_one.models import ViLBertForVLTasks
 from twelve_in_one.models.config import ViLBertConfig
 from twelve_in_one.models.vilbert import init_variables
 from twelve_in_one.train import sharding
+from twelve_in_one.train.validate import run_model_config
 
 # Answer heads whose width the data fixes: (config field, path of the output bias).
 ANSWER_HEADS = (("num_vqa_answers", ("vil_prediction", "logit_fc_3", "bias")),
@@ -52,13 +53,6 @@ class LoadedModel:
   @property
   def model(self) -> ViLBertForVLTasks:
     return ViLBertForVLTasks(self.config)
-
-
-def run_model_config(config) -> ViLBertConfig:
-  """The model config of a training run, as `train_and_evaluate` builds it (head sizes aside)."""
-  return get_model_config(config.model.name, dtype=config.model.dtype,
-                          attention_impl=config.model.attention_impl,
-                          task_specific_tokens=config.model.task_specific_tokens)
 
 
 def checkpoint_kind(path: str) -> tuple[str, str, int | None]:

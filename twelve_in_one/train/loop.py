@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 import tqdm
 
-from twelve_in_one.models import ViLBertForVLTasks, get_model_config
+from twelve_in_one.models import ViLBertForVLTasks
 from twelve_in_one.models.vilbert import all_outputs, dummy_inputs, init_variables
 from twelve_in_one.tasks.registry import Task, get_task, loss_scale
 from twelve_in_one.train import optimizer as opt
@@ -42,7 +42,7 @@ from twelve_in_one.train.metrics_log import MetricsLog, results_table
 from twelve_in_one.train.schedule import Schedule, iterations_per_epoch, loader_length
 from twelve_in_one.train.steps import (StepCache, StepSettings, TrainState, create_state,
                                        make_eval_step, make_summed_step, make_train_step)
-from twelve_in_one.train.validate import resolve_tasks, validate_config
+from twelve_in_one.train.validate import resolve_tasks, run_model_config, validate_config
 
 
 class Preempted(Exception):
@@ -180,11 +180,7 @@ def train_and_evaluate(config, workdir: str, chance: dict[str, float] | None = N
   rules = tuple((name, tuple(axes) if isinstance(axes, list) else axes)
                 for name, axes in config.mesh.rules)
   validate_config(config, tasks, mesh)
-  overrides = {"vocab_size": config.model.vocab_size} if config.model.vocab_size else {}
-  model_config = get_model_config(config.model.name, dtype=config.model.dtype,
-                                  attention_impl=config.model.attention_impl,
-                                  task_specific_tokens=config.model.task_specific_tokens,
-                                  **overrides)
+  model_config = run_model_config(config)
   data = build_task_data(config, tasks, model_config)
   model_config = model_config.replace(**answer_head_sizes(data))
   model = ViLBertForVLTasks(model_config)
@@ -303,7 +299,8 @@ def train_and_evaluate(config, workdir: str, chance: dict[str, float] | None = N
           pending.append((iteration, name, metrics))
           log.accumulate(name, started, task.batch_size)
         _check_pending(pending, log, keep_last=False)
-        log.train_iteration(iteration, lr_multiplier * optimizer_config.base_lr, schedule)
+        log.train_iteration(iteration, lr_multiplier * optimizer_config.base_lr, schedule,
+                            last=iteration + 1 == total)
 
         if config.eval_during_training:
           for name in schedule.evaluates_at(iteration):

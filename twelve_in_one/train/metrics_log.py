@@ -51,11 +51,14 @@ class MetricsLog:
     for key, value in values.items():
       self._window[task][key].append(float(np.asarray(value)))
 
-  def train_iteration(self, iteration: int, lr: float, schedule) -> None:
-    if (iteration + 1) % self.log_every or not self.enabled:
+  def train_iteration(self, iteration: int, lr: float, schedule, last: bool = False) -> None:
+    """Writes the window every `log_every` iterations, and at the run's `last` iteration."""
+    if ((iteration + 1) % self.log_every and not last) or not self.enabled:
       return
     for task, window in self._window.items():
+      # `updates`: the task's steps in this window (fewer than `log_every` while DSG stops it).
       record = {"iteration": iteration + 1, "task": task, "kind": "train", "lr": lr,
+                "updates": len(next(iter(window.values()), [])),
                 "in_stop": schedule.controllers[task].in_stop,
                 "examples_per_sec": self._examples[task] / max(self._seconds[task], 1e-9)}
       record.update({k: float(np.mean(v)) for k, v in window.items()})
@@ -99,10 +102,21 @@ def results_table(workdir: str, tasks: list[Task], results: dict[str, dict],
                 f"{'' if score is None else f'{100 * score:.2f}'} | "
                 f"{result.get('examples', '')} |")
   table = "\n".join(rows) + "\n"
-  with open(os.path.join(workdir, "results.md"), "w", encoding="utf-8") as f:
-    f.write(table)
-  with open(os.path.join(workdir, "results.json"), "w", encoding="utf-8") as f:
-    json.dump({t.name: dict(results.get(t.name, {}), metric=t.metric,
-                            chance=chance.get(t.name)) for t in tasks}, f, indent=1)
+  write_atomically(os.path.join(workdir, "results.md"), table)
+  write_atomically(os.path.join(workdir, "results.json"), json.dumps(
+      {t.name: dict(results.get(t.name, {}), metric=t.metric, chance=chance.get(t.name))
+       for t in tasks}, indent=1))
   print(table)
   return table
+
+
+def write_atomically(path: str, text: str) -> None:
+  """Writes `text` to `path` through a temporary file and a rename.
+
+  A crash mid-write then leaves the old file or none, never a truncated one that a resumed
+  study (`train/study.py`) would take for a finished run.
+  """
+  temporary = f"{path}.tmp-{os.getpid()}"
+  with open(temporary, "w", encoding="utf-8") as f:
+    f.write(text)
+  os.replace(temporary, path)

@@ -6,6 +6,7 @@ import dataclasses
 
 import jax
 
+from twelve_in_one.models.config import ViLBertConfig, get_model_config
 from twelve_in_one.tasks.registry import Task, get_task
 from twelve_in_one.train import sharding
 
@@ -28,6 +29,29 @@ def resolve_tasks(config) -> list[Task]:
                                         "num_detected_regions") if k in settings}
     tasks.append(dataclasses.replace(task, **changes))
   return tasks
+
+
+def run_model_config(config) -> ViLBertConfig:
+  """The model config of a run (answer-head sizes aside, which come from the data).
+
+  `config.model.vocab_size` > 0 replaces the preset's vocabulary size, and
+  `config.model.dropout` >= 0 replaces all four dropout probabilities (the presets keep
+  BERT's 0.1; the small CPU main job trains without dropout, since it sees each example only a
+  few times and dropout mostly slows the fit there).
+  """
+  overrides = {}
+  if config.model.vocab_size:
+    overrides["vocab_size"] = int(config.model.vocab_size)
+  dropout = float(config.model.get("dropout", -1.0))
+  if dropout >= 0:
+    if dropout >= 1:
+      raise ValueError(f"config.model.dropout={dropout}; expected a probability in [0, 1) "
+                       "or -1 to keep the preset's")
+    overrides.update(hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout,
+                     v_hidden_dropout_prob=dropout, v_attention_probs_dropout_prob=dropout)
+  return get_model_config(config.model.name, dtype=config.model.dtype,
+                          attention_impl=config.model.attention_impl,
+                          task_specific_tokens=config.model.task_specific_tokens, **overrides)
 
 
 def validate_config(config, tasks: list[Task], mesh) -> None:
