@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/train_step.py [--batch_sizes=8,32] [--tasks=vqa,refcoco]
         [--other_batch_sizes=8] [--dtype=float32|bfloat16] [--attention_impl=einsum]
-        [--repeats=5] [--inference=32] [--config=base] [--prng_impl=threefry2x32]
+        [--repeats=5] [--inference=32] [--config=base] [--prng_impl=rbg] [--remat]
         [--wait_for="twelve-in-one train"] [--peak_tflops=0] [--json_out=FILE]
 
 What is timed is the step the trainer runs (`train/steps.py`): `make_train_step` for the task
@@ -152,6 +152,7 @@ class Spec:
   repeats: int
   warmup: int
   prng_impl: str
+  remat: bool
   matmul_size: int
   matmul_repeats: int
   host_batch: bool
@@ -196,7 +197,8 @@ def measure(spec: Spec) -> dict:
   from twelve_in_one.train.objective import task_outputs
   from twelve_in_one.train.steps import StepSettings, create_state, make_train_step
 
-  cfg = get_model_config(spec.config, dtype=spec.dtype, attention_impl=spec.attention_impl)
+  cfg = get_model_config(spec.config, dtype=spec.dtype, attention_impl=spec.attention_impl,
+                         remat=spec.remat)
   task = get_task(spec.task)
   model = ViLBertForVLTasks(cfg)
   host = random_batch(task, spec.batch, vocab_size=cfg.vocab_size,
@@ -213,20 +215,23 @@ def measure(spec: Spec) -> dict:
     settings = StepSettings(opt.OptimizerConfig())
     lrs = opt.learning_rates(abstract, settings.optimizer)
     decays = opt.weight_decays(abstract, settings.optimizer)
-    # Parameters and moments are made inside one program, as the trainer does.
-    state = jax.jit(lambda key: create_state(init_params(model, key)))(jax.random.key(0))
-    jax.block_until_ready(state)
-    num_params = sum(x.size for x in jax.tree.leaves(state.params))
-    init_s = time.perf_counter() - t0
     step = jax.jit(make_train_step(model.apply, task, settings, lrs, decays, abstract),
                    donate_argnums=(0,))
     base_key = jax.random.key(0, impl=spec.prng_impl)
     lr = jnp.float32(1.0)
+    # As the trainer does: compile from the state's shapes before the state exists (the
+    # compiler's memory and the state's never add up), then make parameters and moments
+    # inside one program.
+    abstract_state = jax.eval_shape(lambda: create_state(init_params(model, jax.random.key(0))))
     t1 = time.perf_counter()
-    lowered = step.lower(state, batch, base_key, lr)
+    lowered = step.lower(abstract_state, batch, base_key, lr)
     t2 = time.perf_counter()
     compiled = lowered.compile()
     t3 = time.perf_counter()
+    state = jax.jit(lambda key: create_state(init_params(model, key)))(jax.random.key(0))
+    jax.block_until_ready(state)
+    num_params = sum(x.size for x in jax.tree.leaves(state.params))
+    init_s = time.perf_counter() - t3
     keys = [jax.random.fold_in(base_key, i) for i in range(spec.warmup + spec.repeats)]
     times = []
     for i, key in enumerate(keys):
@@ -382,9 +387,11 @@ def main(argv=None) -> None:
   parser.add_argument("--inference", type=int, default=32,
                       help="forward-only batch of the first task (0: skip)")
   parser.add_argument("--no_train", action="store_true", help="only the inference run")
-  parser.add_argument("--prng_impl", default="threefry2x32",
-                      help="key implementation of the dropout rng (threefry2x32, rbg, "
-                           "unsafe_rbg)")
+  parser.add_argument("--prng_impl", default="rbg",
+                      help="key implementation of the dropout rng (rbg: the trainer's "
+                           "default; threefry2x32, unsafe_rbg)")
+  parser.add_argument("--remat", action="store_true",
+                      help="rematerialise each layer in the backward pass (config.model.remat)")
   parser.add_argument("--matmul_size", type=int, default=2048)
   parser.add_argument("--matmul_repeats", type=int, default=10)
   parser.add_argument("--host_batch", action="store_true",
@@ -408,6 +415,7 @@ def main(argv=None) -> None:
   others = [int(b) for b in args.other_batch_sizes.split(",") if b] or batches[:1]
   common = dict(config=args.config, dtype=args.dtype, attention_impl=args.attention_impl,
                 repeats=args.repeats, warmup=args.warmup, prng_impl=args.prng_impl,
+                remat=args.remat,
                 matmul_size=args.matmul_size, matmul_repeats=args.matmul_repeats,
                 host_batch=args.host_batch, peak_tflops=args.peak_tflops)
   specs = []
@@ -439,7 +447,7 @@ def main(argv=None) -> None:
           f"load average {result['load_average_end']:.1f})",
           flush=True)
   print(f"\ndevice {results[0]['device']} ({results[0]['platform']}); prng "
-        f"{args.prng_impl}; attention {args.attention_impl}; batch on "
+        f"{args.prng_impl}; attention {args.attention_impl}; remat {args.remat}; batch on "
         f"{'host' if args.host_batch else 'device'}")
   print_results(results, args.peak_tflops)
   if args.json_out:

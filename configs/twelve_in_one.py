@@ -78,12 +78,16 @@ def get_config(arg=None):
   config = config_dict.ConfigDict()
   config.variant = variant
   config.seed = 0
+  # The PRNG of the dropout keys: "rbg" (fast to compile, identical across shardings) or
+  # "threefry2x32" (also identical across CPU/GPU/TPU). Parameter init always uses threefry.
+  config.prng_impl = "rbg"
 
   # `vocab_size` 0 keeps the preset's (30522, bert-base-uncased, except `tiny`); `dropout`
-  # -1 keeps the preset's (BERT's 0.1), otherwise it sets all four dropout probabilities.
+  # -1 keeps the preset's (BERT's 0.1), otherwise it sets all four dropout probabilities;
+  # `remat` recomputes each layer in the backward pass (less memory, ~1/3 more compute).
   config.model = config_dict.ConfigDict(dict(
       name="base", dtype="float32", attention_impl="einsum", task_specific_tokens=True,
-      vocab_size=0, dropout=-1.0))
+      vocab_size=0, dropout=-1.0, remat=False))
 
   config.tasks = ",".join(TWELVE)
   config.task_settings = _task_settings(TWELVE)

@@ -164,6 +164,22 @@ def test_config_errors_are_clear(tmp_path):
     loop_lib.train_and_evaluate(bad, str(tmp_path))
 
 
+def test_model_overrides_from_the_config():
+  from twelve_in_one.train.validate import run_model_config
+  config = tiny_config_dict(tasks="vqa")
+  assert run_model_config(config).hidden_dropout_prob == 0.1      # the preset's
+  config.model.dropout = 0.0
+  config.model.vocab_size = 30522
+  model_config = run_model_config(config)
+  assert model_config.vocab_size == 30522
+  assert (model_config.hidden_dropout_prob, model_config.attention_probs_dropout_prob,
+          model_config.v_hidden_dropout_prob, model_config.v_attention_probs_dropout_prob) == (
+              0.0, 0.0, 0.0, 0.0)
+  config.model.dropout = 1.5
+  with pytest.raises(ValueError, match=r"config.model.dropout=1.5; expected a probability"):
+    run_model_config(config)
+
+
 def test_unknown_config_key_on_the_command_line_is_named(tmp_path):
   import subprocess
   import sys

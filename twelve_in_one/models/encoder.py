@@ -50,13 +50,19 @@ class Encoder(nn.Module):
     text_bias = layers.additive_mask(text_mask, dtype)
     visual_bias = layers.additive_mask(visual_mask, dtype)
     extras: dict[str, jax.Array] = {}
+    layer_cls, block_cls = TransformerLayer, CoAttentionBlock
+    if cfg.remat:
+      # The lifted modules keep their names and parameters; `deterministic` (argument 3 of a
+      # layer, 5 of a block, counting the module itself) is a Python bool, hence static.
+      layer_cls = nn.remat(TransformerLayer, static_argnums=(3,))
+      block_cls = nn.remat(CoAttentionBlock, static_argnums=(5,))
     for kind, index in encoder_schedule(cfg):
       if kind == "t":
-        text = TransformerLayer(cfg, text_stream, name=f"layer_{index}")(
+        text = layer_cls(cfg, text_stream, name=f"layer_{index}")(
             text, text_bias, deterministic)
       elif kind == "v":
-        visual = TransformerLayer(cfg, visual_stream, cfg.dynamic_attention,
-                                  name=f"v_layer_{index}")(
+        visual = layer_cls(cfg, visual_stream, cfg.dynamic_attention,
+                           name=f"v_layer_{index}")(
             visual, visual_bias, deterministic, text, text_mask)
       else:
         if index == 0:
@@ -64,7 +70,7 @@ class Encoder(nn.Module):
           # this is exactly BERT's output after `t_biattention_id[0]` layers.
           extras["text_before_coattention"] = text
           extras["visual_before_coattention"] = visual
-        visual, text = CoAttentionBlock(cfg, name=f"c_layer_{index}")(
+        visual, text = block_cls(cfg, name=f"c_layer_{index}")(
             visual, visual_bias, text, text_bias, deterministic)
     extras["sequence_output_t"] = text
     extras["sequence_output_v"] = visual

@@ -190,7 +190,7 @@ def train_and_evaluate(config, workdir: str, chance: dict[str, float] | None = N
   log.note(f"tasks: {[t.name for t in tasks]}; mesh {dict(mesh.shape)}; "
            f"{jax.process_count()} process(es), {jax.device_count()} device(s)")
 
-  # ------------------------------------------------------------------ State
+  # ------------------------------------------------------------------ Shapes and shardings
   boxed = jax.eval_shape(lambda: init_variables(model, jax.random.key(0)))
   logical = nn.get_partition_spec(boxed)["params"]
   abstract_params = nn.meta.unbox(boxed)["params"]
@@ -203,14 +203,6 @@ def train_and_evaluate(config, workdir: str, chance: dict[str, float] | None = N
   abstract_state = abstract_like(
       TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=abstract_params,
                  opt_state={"mu": abstract_params, "nu": abstract_params}), state_shardings)
-  restored = checkpointer.restore_latest(abstract_state)
-  if restored is not None:
-    start_iteration, state_dict, host = restored
-    state = TrainState(**state_dict)
-    log.note(f"resumed from {checkpointer.directory}/{start_iteration}")
-  else:
-    start_iteration, host = 0, {}
-    state = _initial_state(config, model, model_config, state_shardings, log)
 
   # ------------------------------------------------------------------ Schedule
   lengths = {t.name: loader_length(data[t.name].num_train_examples, t.batch_size) for t in tasks}
@@ -225,7 +217,6 @@ def train_and_evaluate(config, workdir: str, chance: dict[str, float] | None = N
       dsg=DSGConfig(threshold=dsg.threshold, continue_threshold=dsg.continue_threshold,
                     patience=dsg.patience, cooldown=dsg.cooldown,
                     train_iter_gap=dsg.train_iter_gap, reset_epochs=tuple(dsg.reset_epochs)))
-  schedule.load_json(host.get("schedule", {}))
   total = schedule.total_iterations
   warmup = config.schedule.warmup_proportion * total
 
@@ -256,21 +247,39 @@ def train_and_evaluate(config, workdir: str, chance: dict[str, float] | None = N
                          in_shardings=(param_shardings, batch_sh),
                          out_shardings=(replicated, replicated))
 
+  # Dropout keys. "rbg" draws the bits with XLA's RngBitGenerator: the same bits under every
+  # sharding, and a step that compiles much faster on CPU than with threefry's unrolled rounds
+  # (BENCHMARKS.md); "threefry2x32" also gives the same bits on every backend.
+  base_key = jax.random.key(config.seed, impl=config.get("prng_impl", "threefry2x32"))
+  # Compile before the state exists: the compiler's working memory and the state's (a few GiB
+  # for `base`) then never add up in the peak RSS. A finished run skips this.
+  if (checkpointer.latest_step() or 0) < total and schedule.kind != "summed":
+    started = time.perf_counter()
+    with jax.set_mesh(mesh):
+      train_steps.warm_up([(t, (abstract_state, _batch_shapes(data[t.name], mesh,
+                                                              model_config.vocab_size),
+                                base_key, np.float32(0))) for t in tasks],
+                          max_workers=config.compile_threads)
+    log.note(f"compiled {len(tasks)} training steps in {time.perf_counter() - started:.0f} s")
+    _wait_for_all_processes("twelve_in_one_steps_compiled")
+
+  # ------------------------------------------------------------------ State
+  restored = checkpointer.restore_latest(abstract_state)
+  if restored is not None:
+    start_iteration, state_dict, host = restored
+    state = TrainState(**state_dict)
+    log.note(f"resumed from {checkpointer.directory}/{start_iteration}")
+  else:
+    start_iteration, host = 0, {}
+    state = _initial_state(config, model, model_config, state_shardings, log)
+
+  schedule.load_json(host.get("schedule", {}))
+
   iterators = {t.name: data[t.name].train_iterator() for t in tasks}
   for name, it_state in host.get("iterators", {}).items():
     if name in iterators:
       iterators[name].set_state(it_state)
-  base_key = jax.random.key(config.seed)
   task_by_name = {t.name: t for t in tasks}
-  if start_iteration < schedule.total_iterations and schedule.kind != "summed":
-    started = time.perf_counter()
-    with jax.set_mesh(mesh):
-      train_steps.warm_up([(t, (state, _batch_shapes(data[t.name], mesh,
-                                                     model_config.vocab_size), base_key,
-                                np.float32(0))) for t in tasks],
-                          max_workers=config.compile_threads)
-    log.note(f"compiled {len(tasks)} training steps in {time.perf_counter() - started:.0f} s")
-    _wait_for_all_processes("twelve_in_one_steps_compiled")
 
   # ------------------------------------------------------------------ Loop
   stop = {"signal": None}

@@ -51,7 +51,8 @@ def run_model_config(config) -> ViLBertConfig:
                      v_hidden_dropout_prob=dropout, v_attention_probs_dropout_prob=dropout)
   return get_model_config(config.model.name, dtype=config.model.dtype,
                           attention_impl=config.model.attention_impl,
-                          task_specific_tokens=config.model.task_specific_tokens, **overrides)
+                          task_specific_tokens=config.model.task_specific_tokens,
+                          remat=bool(config.model.get("remat", False)), **overrides)
 
 
 def validate_config(config, tasks: list[Task], mesh) -> None:
@@ -73,6 +74,9 @@ def validate_config(config, tasks: list[Task], mesh) -> None:
   if config.get("variant") == "finetune" and not config.init.checkpoint:
     raise ValueError("config variant finetune needs --config.init.checkpoint=PATH (the "
                      "multi-task model, e.g. multi_task_model.bin or a converted directory)")
+  if config.get("prng_impl", "threefry2x32") not in ("threefry2x32", "rbg", "unsafe_rbg"):
+    raise ValueError(f"config.prng_impl={config.prng_impl!r}; expected 'rbg', "
+                     "'threefry2x32' or 'unsafe_rbg'")
   if config.schedule.num_epochs < 1:
     raise ValueError(f"config.schedule.num_epochs={config.schedule.num_epochs}; expected >= 1")
   if config.checkpoint.every_iterations < 1:
