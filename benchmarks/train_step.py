@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/train_step.py [--batch_sizes=8,32] [--tasks=vqa,refcoco]
         [--other_batch_sizes=8] [--dtype=float32|bfloat16] [--attention_impl=einsum]
         [--repeats=5] [--inference=32] [--config=base] [--prng_impl=rbg] [--remat]
+        [--grad_accum=1]
         [--wait_for="twelve-in-one train"] [--peak_tflops=0] [--json_out=FILE]
 
 What is timed is the step the trainer runs (`train/steps.py`): `make_train_step` for the task
@@ -153,6 +154,7 @@ class Spec:
   warmup: int
   prng_impl: str
   remat: bool
+  grad_accum: int
   matmul_size: int
   matmul_repeats: int
   host_batch: bool
@@ -212,7 +214,7 @@ def measure(spec: Spec) -> dict:
   t0 = time.perf_counter()
   if spec.mode == "train":
     abstract = jax.eval_shape(lambda: init_params(model, jax.random.key(0)))
-    settings = StepSettings(opt.OptimizerConfig())
+    settings = StepSettings(opt.OptimizerConfig(), grad_accum_steps=spec.grad_accum)
     lrs = opt.learning_rates(abstract, settings.optimizer)
     decays = opt.weight_decays(abstract, settings.optimizer)
     step = jax.jit(make_train_step(model.apply, task, settings, lrs, decays, abstract),
@@ -390,6 +392,9 @@ def main(argv=None) -> None:
   parser.add_argument("--prng_impl", default="rbg",
                       help="key implementation of the dropout rng (rbg: the trainer's "
                            "default; threefry2x32, unsafe_rbg)")
+  parser.add_argument("--grad_accum", type=int, default=1,
+                      help="micro-batches per step (config.optimizer.grad_accum_steps): the "
+                           "same update from a scan over equal slices of the batch")
   parser.add_argument("--remat", action="store_true",
                       help="rematerialise each layer in the backward pass (config.model.remat)")
   parser.add_argument("--matmul_size", type=int, default=2048)
@@ -415,7 +420,7 @@ def main(argv=None) -> None:
   others = [int(b) for b in args.other_batch_sizes.split(",") if b] or batches[:1]
   common = dict(config=args.config, dtype=args.dtype, attention_impl=args.attention_impl,
                 repeats=args.repeats, warmup=args.warmup, prng_impl=args.prng_impl,
-                remat=args.remat,
+                remat=args.remat, grad_accum=args.grad_accum,
                 matmul_size=args.matmul_size, matmul_repeats=args.matmul_repeats,
                 host_batch=args.host_batch, peak_tflops=args.peak_tflops)
   specs = []
@@ -447,7 +452,7 @@ def main(argv=None) -> None:
           f"load average {result['load_average_end']:.1f})",
           flush=True)
   print(f"\ndevice {results[0]['device']} ({results[0]['platform']}); prng "
-        f"{args.prng_impl}; attention {args.attention_impl}; remat {args.remat}; batch on "
+        f"{args.prng_impl}; attention {args.attention_impl}; remat {args.remat}; grad_accum {args.grad_accum}; batch on "
         f"{'host' if args.host_batch else 'device'}")
   print_results(results, args.peak_tflops)
   if args.json_out:
