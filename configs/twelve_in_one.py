@@ -10,6 +10,11 @@ The CPU main job (generates the mini 12-in-1, prepares it, trains, evaluates; ~1
 
     twelve-in-one train --config configs/twelve_in_one.py:smoke --workdir /tmp/12in1_smoke
 
+The paper's comparison in miniature: that multi-task run against one single-task run per task,
+same budget per task (~26 min):
+
+    twelve-in-one study --config configs/twelve_in_one.py:smoke --workdir /tmp/12in1_study
+
 One task alone, and fine-tuning one task from the multi-task model (as the official README):
 
     twelve-in-one train --config configs/twelve_in_one.py:single:refcoco --workdir DIR

@@ -13,7 +13,8 @@ from twelve_in_one.data.generate import generate
 from twelve_in_one.train.entry import run_training
 
 
-def test_tiny_main_job_end_to_end(tmp_path):
+def _tiny_smoke_config(tmp_path, tasks: str, iterations: int):
+  """The smoke config on a tiny generated release, with the tiny model and batches of 8."""
   release = tmp_path / "release"
   generate(release, seed=0, num_images=8, num_val_images=4, num_test_images=4, num_regions=6,
            progress=lambda message: None)
@@ -22,15 +23,20 @@ def test_tiny_main_job_end_to_end(tmp_path):
   config.model.vocab_size = 30522   # the data is tokenized with bert-base-uncased
   config.data.release_dir = str(release)
   config.schedule.num_epochs = 1
-  config.schedule.iterations_per_epoch = 1
+  config.schedule.iterations_per_epoch = iterations
   config.eval_during_training = False
   config.compilation_cache_dir = ""
-  config.tasks = "vqa,refcoco,nlvr2"
+  config.tasks = tasks
   for name in config.task_settings:
     settings = config.task_settings[name]
     settings.batch_size = 8
     settings.num_detected_regions = 7       # 6 boxes + the global region
     settings.max_region_num = {"visual7w": 13, "guesswhat_pointing": 14}.get(name, 7)
+  return config
+
+
+def test_tiny_main_job_end_to_end(tmp_path):
+  config = _tiny_smoke_config(tmp_path, "vqa,refcoco,nlvr2", iterations=1)
   result = run_training(config, str(tmp_path / "work"))
 
   table = json.loads((tmp_path / "work" / "results.json").read_text())
@@ -47,23 +53,7 @@ def test_study_compares_the_arms_with_equal_budgets_and_resumes(tmp_path):
   """`twelve-in-one study`: a multi-task run and one single-task run per task, side by side."""
   from twelve_in_one.train.study import run_study
 
-  release = tmp_path / "release"
-  generate(release, seed=0, num_images=8, num_val_images=4, num_test_images=4, num_regions=6,
-           progress=lambda message: None)
-  config = _config_module().get_config("smoke")
-  config.model.name = "tiny"
-  config.model.vocab_size = 30522
-  config.data.release_dir = str(release)
-  config.schedule.num_epochs = 1
-  config.schedule.iterations_per_epoch = 2
-  config.eval_during_training = False
-  config.compilation_cache_dir = ""
-  config.tasks = "vqa,refcoco"
-  for name in ("vqa", "refcoco"):
-    settings = config.task_settings[name]
-    settings.batch_size = 8
-    settings.num_detected_regions = 7
-    settings.max_region_num = 7
+  config = _tiny_smoke_config(tmp_path, "vqa,refcoco", iterations=2)
   out = run_study(config, str(tmp_path / "study"), say=lambda message: None)
 
   rows = {row["task"]: row for row in out["tasks"]}
@@ -78,7 +68,7 @@ def test_study_compares_the_arms_with_equal_budgets_and_resumes(tmp_path):
   mean_single = (rows["vqa"]["single"] + rows["refcoco"]["single"]) / 2
   assert abs(out["mean"]["single"] - mean_single) < 1e-12
   table = (tmp_path / "study" / "study.md").read_text()
-  assert table.count("\n") == 5 and f"| **mean** | |" in table
+  assert table.count("\n") == 5 and "| **mean** | |" in table
 
   # A rerun reuses the finished runs (an interrupted study resumes the same way).
   (tmp_path / "study" / "study.md").unlink()
