@@ -16,8 +16,6 @@ Only process 0 writes logs, event files, metrics.jsonl and the result tables.
 from __future__ import annotations
 
 import dataclasses
-import json
-import logging
 import math
 import os
 import signal
@@ -34,7 +32,7 @@ from twelve_in_one.models import ViLBertForVLTasks
 from twelve_in_one.models.vilbert import all_outputs, dummy_inputs, init_variables
 from twelve_in_one.tasks.registry import Task, get_task, loss_scale
 from twelve_in_one.train import optimizer as opt
-from twelve_in_one.train import sharding
+from twelve_in_one.train import distributed, sharding
 from twelve_in_one.train.checkpoint import Checkpointer, abstract_like
 from twelve_in_one.train.dsg import DSGConfig
 from twelve_in_one.train.inputs import TaskData, synthetic_task_data, tfds_task_data
@@ -56,25 +54,6 @@ class RunResult:
   state: Any
   compilations: dict[str, int]
   preempted: bool = False
-
-
-def maybe_initialize_distributed(config) -> None:
-  """`jax.distributed.initialize()` where it applies: multi-host TPU/GPU or explicit settings.
-
-  It must run before any other JAX call, and it fails on a plain single-host CPU/GPU, hence
-  the guard: `initialize="auto"` runs it on TPU VMs with several workers, or when a coordinator
-  address is configured (used by the local multi-process tests).
-  """
-  dist = config.distributed
-  if jax.distributed.is_initialized():
-    return
-  if dist.coordinator_address:
-    jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    jax.distributed.initialize(coordinator_address=dist.coordinator_address,
-                               num_processes=dist.num_processes, process_id=dist.process_id)
-  elif dist.initialize == "always" or (dist.initialize == "auto" and
-                                      os.environ.get("TPU_WORKER_HOSTNAMES", "").count(",")):
-    jax.distributed.initialize()
 
 
 def build_task_data(config, tasks: list[Task], model_config) -> dict[str, TaskData]:
@@ -174,7 +153,7 @@ def train_and_evaluate(config, workdir: str, chance: dict[str, float] | None = N
   `chance` (task -> chance-level score) only annotates the final table.
   """
   # ------------------------------------------------------------------ Set up
-  maybe_initialize_distributed(config)
+  distributed.maybe_initialize(config)
   tasks = resolve_tasks(config)
   mesh = sharding.make_mesh(dict(config.mesh.axes))
   rules = tuple((name, tuple(axes) if isinstance(axes, list) else axes)
@@ -261,7 +240,7 @@ def train_and_evaluate(config, workdir: str, chance: dict[str, float] | None = N
                                 base_key, np.float32(0))) for t in tasks],
                           max_workers=config.compile_threads)
     log.note(f"compiled {len(tasks)} training steps in {time.perf_counter() - started:.0f} s")
-    _wait_for_all_processes("twelve_in_one_steps_compiled")
+    distributed.wait_for_all_processes("twelve_in_one_steps_compiled")
 
   # ------------------------------------------------------------------ State
   restored = checkpointer.restore_latest(abstract_state)
@@ -350,18 +329,6 @@ def train_and_evaluate(config, workdir: str, chance: dict[str, float] | None = N
   if is_chief:
     results_table(workdir, tasks, results, chance)
   return RunResult(total, results, state, train_steps.compilations())
-
-
-def _wait_for_all_processes(name: str, timeout_s: int = 1800) -> None:
-  """A coordination-service barrier (no collective) before the first collective of a run.
-
-  Processes finish compiling at different times, and the CPU (gloo) collectives give up after
-  30 s waiting for a peer, so they first meet here, where the wait may be long.
-  """
-  if jax.process_count() == 1:
-    return
-  from jax._src import distributed   # the barrier of the coordination service
-  distributed.global_state.client.wait_at_barrier(name, timeout_in_ms=timeout_s * 1000)
 
 
 def _summed_iteration(names, summed_step, state, iterators, mesh, base_key, iteration,
