@@ -89,7 +89,8 @@ def get_config(arg=None):
 
   # `vocab_size` 0 keeps the preset's (30522, bert-base-uncased, except `tiny`); `dropout`
   # -1 keeps the preset's (BERT's 0.1), otherwise it sets all four dropout probabilities;
-  # `remat` recomputes each layer in the backward pass (less memory, ~1/3 more compute).
+  # `remat` recomputes each layer in the backward pass (less memory on accelerators, ~1/5 more
+  # compute; no memory saved on XLA:CPU, see BENCHMARKS.md).
   config.model = config_dict.ConfigDict(dict(
       name="base", dtype="float32", attention_impl="einsum", task_specific_tokens=True,
       vocab_size=0, dropout=-1.0, remat=False))

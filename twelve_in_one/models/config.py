@@ -73,9 +73,9 @@ class ViLBertConfig:
   # (jax.nn.dot_product_attention, which XLA may fuse). Same function, different kernels.
   attention_impl: str = "einsum"
   # Rematerialise each text, visual and co-attention layer in the backward pass (jax.checkpoint):
-  # only layer inputs are kept, so activation memory drops to about one layer's worth, for
-  # about a third more compute. Same parameters and the same function; an option for large
-  # batches.
+  # only layer inputs need keeping, for about a fifth more compute. Same parameters and the
+  # same function; an option for large batches on accelerators. XLA:CPU keeps the recomputed
+  # activations live anyway (no memory saved there; BENCHMARKS.md).
   remat: bool = False
 
   def __post_init__(self):

@@ -28,6 +28,7 @@ import os
 from collections.abc import Callable
 
 from twelve_in_one.train.entry import ensure_data
+from twelve_in_one.train.loop import train_and_evaluate
 from twelve_in_one.train.metrics_log import write_atomically
 from twelve_in_one.train.validate import resolve_tasks
 
@@ -74,7 +75,6 @@ def _run(config, run_dir: str, task_names: list[str], chance: dict | None,
   say(f"training {', '.join(task_names)} in {run_dir}")
   with config.unlocked():
     config.tasks = ",".join(task_names)
-  from twelve_in_one.train.loop import train_and_evaluate
   outcome = train_and_evaluate(config, run_dir, chance=chance)
   if outcome.preempted:
     raise InterruptedError(f"{run_dir} was preempted; rerun the same command to resume")
