@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/train_step.py [--batch_sizes=8,32] [--tasks=vqa,refcoco]
         [--other_batch_sizes=8] [--dtype=float32|bfloat16] [--attention_impl=einsum]
         [--repeats=5] [--inference=32] [--config=base] [--prng_impl=rbg] [--remat]
-        [--grad_accum=1]
+        [--grad_accum=1] [--official [--official_detect_anomaly]]
         [--wait_for="twelve-in-one train"] [--peak_tflops=0] [--json_out=FILE]
 
 What is timed is the step the trainer runs (`train/steps.py`): `make_train_step` for the task
@@ -26,6 +26,13 @@ element-wise work), the dot FLOPs read from the compiled HLO, and a hand count o
 (`gemm_flops` below, printed per part). "Achieved" uses the hand-counted GEMM FLOPs, the same
 convention as the official-code anchor in issue 8 (68.6 GFLOP per training example, GEMMs
 only). With `--peak_tflops` (e.g. 790 for an H200 in bf16) the MFU is printed too.
+
+`--official` times, right after each VQA float32 measurement, the official PyTorch step on the
+same batch in a fresh process (`official_step.py`): the official model, loss, backward and
+`pytorch_transformers` AdamW re-expressed op for op in `official_torch.py`, which
+`tests/test_official_torch.py` checks against the fixture made by running the official code.
+That turns issue 8's "ratio to the official code, measured within one run" into a measurement
+on whatever machine this runs on.
 """
 
 from __future__ import annotations
@@ -36,12 +43,16 @@ import datetime
 import json
 import os
 import platform
-import re
 import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
+
+# Siblings in benchmarks/ (a script's own folder is on sys.path).
+from flop_count import (gemm_flops, hlo_dot_flops, pretraining_heads_flops, rows_per_example,
+                        training_gemm_flops)
 
 # The official PyTorch code on the 2-core CPU machine (issue 8, 2026-11-29).
 ANCHOR = {
@@ -50,95 +61,6 @@ ANCHOR = {
     ("inference", 32): {"examples_per_s": 7.47},
 }
 ANCHOR_GFLOP_PER_EXAMPLE = 68.6
-
-
-# ----------------------------------------------------------------------------- hand count
-def gemm_flops(cfg, task, seq_len: int, num_regions: int) -> dict[str, float]:
-  """Forward GEMM FLOPs (2·M·N·K per matmul) of one model row, by part.
-
-  seq_len counts the task token (VQA: 24); num_regions per model row (101). Attention counts
-  both batched matmuls (Q·Kᵀ and P·V). Gathers (word/position/type/task embeddings), LayerNorm,
-  GELU, softmax, dropout and the loss are not GEMMs and are not counted.
-  """
-  t, r = seq_len, num_regions
-  h, hi, v, vi, bi = (cfg.hidden_size, cfg.intermediate_size, cfg.v_hidden_size,
-                      cfg.v_intermediate_size, cfg.bi_hidden_size)
-  mm = lambda m, n, k: 2.0 * m * n * k
-  text_layer = (mm(t, 3 * h, h) + mm(t, t, h) * 2 + mm(t, h, h) + mm(t, hi, h) + mm(t, h, hi))
-  visual_layer = (mm(r, 3 * v, v) + mm(r, r, v) * 2 + mm(r, v, v) + mm(r, vi, v) + mm(r, v, vi))
-  co_block = (mm(r, 3 * bi, v) + mm(t, 3 * bi, h)            # query1/key1/value1, query2/...
-              + 2 * (mm(t, r, bi) * 2)                        # text->image and image->text
-              + mm(r, v, bi) + mm(t, h, bi)                   # biOutput dense1, dense2
-              + mm(r, vi, v) + mm(r, v, vi)                   # v_intermediate, v_output
-              + mm(t, hi, h) + mm(t, h, hi))                  # t_intermediate, t_output
-  parts = {
-      f"image embeddings ({cfg.v_feature_size}->{v}, box 5->{v})": mm(r, v, cfg.v_feature_size) + mm(r, v, 5),
-      f"{cfg.num_hidden_layers} text layers @ {t} tokens": cfg.num_hidden_layers * text_layer,
-      f"{cfg.v_num_hidden_layers} visual layers @ {r} regions":
-          cfg.v_num_hidden_layers * visual_layer,
-      f"{cfg.num_co_attention_blocks} co-attention blocks": cfg.num_co_attention_blocks
-                                                              * co_block,
-      f"poolers ({h}->{bi}, {v}->{bi})": mm(1, bi, h) + mm(1, bi, v),
-  }
-  two = 2 * bi
-  head = {
-      "VL-classifier": mm(1, two, bi) + mm(1, cfg.num_vqa_answers, two),
-      "VL-classifier-GQA": mm(1, two, bi) + mm(1, cfg.num_gqa_answers, two),
-      "VL-logit": mm(1, 1, bi),
-      "VL-binary-classifier": (mm(1, two, two) + mm(1, 2, two)) / 2,   # per row (pairs of rows)
-      "VL-tri-classifier": mm(1, 3, bi),
-      "V-logit": mm(r, 1, v),
-      "V-logit-mc": mm(r, 1, v),
-  }[task.head_type]
-  parts[f"task head ({task.output})"] = head
-  return parts
-
-
-def rows_per_example(task) -> int:
-  """Model rows per task example: K options for retrieval, 2 images for NLVR2."""
-  if task.process == "retrieval":
-    return task.num_options
-  return task.images_per_example
-
-
-def training_gemm_flops(cfg, task, seq_len: int, num_regions: int) -> float:
-  """Per example: 3x the forward (dX and dW per GEMM), less the image embeddings' dX.
-
-  The region features and boxes are inputs, not parameters, so the backward of the first
-  visual GEMMs computes only the weight gradient.
-  """
-  parts = gemm_flops(cfg, task, seq_len, num_regions)
-  forward = sum(parts.values())
-  no_dx = 2.0 * num_regions * cfg.v_hidden_size * (cfg.v_feature_size + 5)
-  return (3 * forward - no_dx) * rows_per_example(task)
-
-
-# ----------------------------------------------------------------------------- HLO dot count
-_DEF = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*[a-z0-9]+\[([0-9,]*)\]", re.M)
-_OPERAND = r"(?:[a-z0-9]+\[[0-9,]*\](?:\{[^}]*\})?\s+)?%?([\w.\-]+)"
-_DOT = re.compile(r"=\s*[a-z0-9]+\[([0-9,]*)\](?:\{[^}]*\})?\s+dot\(" + _OPERAND + r",\s*"
-                  + _OPERAND + r"\).*?lhs_contracting_dims=\{([0-9,]*)\}")
-
-
-def hlo_dot_flops(hlo_text: str) -> tuple[float, int]:
-  """2·|out|·|contracted| summed over the `dot` instructions of an HLO module (and their count).
-
-  Operand shapes come from the instructions that define them (names are unique in a module).
-  Dots inside loops would be counted once; the steps here have none (no grad accumulation).
-  """
-  dims = lambda s: [int(d) for d in s.split(",") if d]
-  shapes = {name: dims(shape) for name, shape in _DEF.findall(hlo_text)}
-  total, count = 0.0, 0
-  for out, lhs, _, contracting in _DOT.findall(hlo_text):
-    out_size = 1
-    for d in dims(out):
-      out_size *= d
-    k = 1
-    for c in dims(contracting):
-      k *= shapes[lhs][c]
-    total += 2.0 * out_size * k
-    count += 1
-  return total, count
 
 
 # ----------------------------------------------------------------------------- one measurement
@@ -313,6 +235,67 @@ def run_isolated(spec: Spec) -> dict:
   return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def run_official(spec: Spec, detect_anomaly: bool) -> dict:
+  """The official step (`official_torch.py`) on the same batch as `measure(spec)`, in a fresh
+  process (`official_step.py`: torch and numpy only), with its achieved GEMM FLOP/s."""
+  import numpy as np
+  from twelve_in_one.models import get_model_config
+  from twelve_in_one.tasks import get_task
+  from twelve_in_one.tasks.examples import random_batch
+
+  cfg = get_model_config(spec.config)
+  task = get_task(spec.task)
+  host = random_batch(task, spec.batch, vocab_size=cfg.vocab_size,
+                      feature_size=cfg.v_feature_size, num_vqa_answers=cfg.num_vqa_answers,
+                      num_gqa_answers=cfg.num_gqa_answers)        # the same batch as ours
+  with tempfile.TemporaryDirectory() as tmp:
+    path = os.path.join(tmp, "batch.npz")
+    np.savez(path, **host)
+    kwargs = dict(config=cfg.to_official_dict(), batch_path=path, mode=spec.mode,
+                  repeats=spec.repeats, warmup=spec.warmup, matmul_size=spec.matmul_size,
+                  matmul_repeats=spec.matmul_repeats, detect_anomaly=detect_anomaly)
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "official_step.py")
+    proc = subprocess.run([sys.executable, script, json.dumps(kwargs)], capture_output=True,
+                          text=True)
+  if proc.returncode != 0:
+    sys.stderr.write(proc.stderr)
+    raise SystemExit(f"official measurement {spec} failed (exit {proc.returncode})")
+  result = json.loads(proc.stdout.strip().splitlines()[-1])
+  seq_len = task.model_text_length(cfg.task_specific_tokens)
+  heads = pretraining_heads_flops(cfg, seq_len, task.max_region_num)
+  ours = (training_gemm_flops(cfg, task, seq_len, task.max_region_num) if spec.mode == "train"
+          else sum(gemm_flops(cfg, task, seq_len, task.max_region_num).values()))
+  result["gemm_flops_per_example"] = ours + heads
+  result["achieved_flops"] = result["gemm_flops_per_example"] * result["examples_per_s"]
+  result["fraction_of_matmul"] = result["achieved_flops"] / result["matmul_flops"]
+  return result
+
+
+def print_official(pairs: list[tuple[dict, dict]]) -> None:
+  """Ours against the official step measured right after it, in the same run."""
+  rows = []
+  for ours, official in pairs:
+    label = ours["mode"] + (f" (grad_accum {ours['grad_accum']})"
+                            if ours["mode"] == "train" and ours["grad_accum"] > 1 else "")
+    rows.append([label, ours["batch"], f"{ours['examples_per_s']:.2f}",
+                 f"{official['examples_per_s']:.2f}",
+                 f"{ours['examples_per_s'] / official['examples_per_s']:.2f}x",
+                 f"{ours['peak_rss_gib']:.2f}", f"{official['peak_rss_gib']:.2f}",
+                 f"{ours['peak_rss_gib'] / official['peak_rss_gib']:.2f}x",
+                 f"{100 * ours['fraction_of_matmul']:.0f}% of {ours['matmul_flops'] / 1e9:.0f}",
+                 f"{100 * official['fraction_of_matmul']:.0f}% of "
+                 f"{official['matmul_flops'] / 1e9:.0f}",
+                 f"{100 * official['achieved_flops'] / ours['matmul_flops']:.0f}%"])
+  print("\nSame run: ours against the official step re-expressed in PyTorch "
+        "(benchmarks/official_torch.py, checked against the official fixture; torch "
+        f"{pairs[0][1]['torch']}, {pairs[0][1]['threads']} threads, anomaly detection "
+        f"{'on' if pairs[0][1]['detect_anomaly'] else 'off'}); achieved GEMM GFLOP/s over each "
+        "framework's own best 2048^3 matmul, and the official step over XLA's:")
+  print(_fmt_table(["mode", "batch", "ours ex/s", "official ex/s", "speed", "ours RSS GiB",
+                    "official RSS GiB", "RSS", "ours / XLA matmul", "official / torch matmul",
+                    "official / XLA matmul"], rows))
+
+
 def _fmt_table(header: list[str], rows: list[list[str]]) -> str:
   widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
   line = lambda cells: "| " + " | ".join(str(c).rjust(w) for c, w in zip(cells, widths)) + " |"
@@ -407,6 +390,12 @@ def main(argv=None) -> None:
                       help="run every measurement in this process (peak RSS then accumulates)")
   parser.add_argument("--wait_for", default="",
                       help="before each measurement, wait until `pgrep -f` finds no such process")
+  parser.add_argument("--official", action="store_true",
+                      help="after each vqa float32 measurement, time the official step "
+                           "(benchmarks/official_torch.py, PyTorch) on the same batch")
+  parser.add_argument("--official_detect_anomaly", action="store_true",
+                      help="time the official step with torch.autograd.set_detect_anomaly(True),"
+                           " as train_tasks.py leaves it")
   parser.add_argument("--json_out", default="")
   parser.add_argument("--_child", default="", help=argparse.SUPPRESS)
   args = parser.parse_args(argv)
@@ -438,7 +427,7 @@ def main(argv=None) -> None:
   cfg = get_model_config(args.config, dtype=args.dtype, attention_impl=args.attention_impl)
   print_hand_count(cfg, tasks)
 
-  results = []
+  results, pairs = [], []
   for spec in specs:
     waited = _wait_for_quiet(args.wait_for)
     started = time.perf_counter()
@@ -451,10 +440,19 @@ def main(argv=None) -> None:
           f"finite={result['finite']} (waited {waited:.0f} s, wall {result['wall_s']:.0f} s, "
           f"load average {result['load_average_end']:.1f})",
           flush=True)
+    if args.official and spec.task == "vqa" and spec.dtype == "float32":
+      official = run_official(spec, args.official_detect_anomaly)
+      result["official"] = official
+      pairs.append((result, official))
+      print(f"  official {spec.mode} {spec.task} batch {spec.batch}: "
+            f"{official['median_s']:.3f} s/step, {official['examples_per_s']:.2f} ex/s, peak RSS "
+            f"{official['peak_rss_gib']:.2f} GiB, finite={official['finite']}", flush=True)
   print(f"\ndevice {results[0]['device']} ({results[0]['platform']}); prng "
         f"{args.prng_impl}; attention {args.attention_impl}; remat {args.remat}; grad_accum {args.grad_accum}; batch on "
         f"{'host' if args.host_batch else 'device'}")
   print_results(results, args.peak_tflops)
+  if pairs:
+    print_official(pairs)
   if args.json_out:
     with open(args.json_out, "w") as f:
       json.dump(results, f, indent=1)

@@ -1,0 +1,101 @@
+"""Times the official step (`official_torch.py`) in a fresh process: `train_step.py --official`.
+
+    .venv/bin/python benchmarks/official_step.py '{"config": {...}, "batch_path": "b.npz",
+        "mode": "train", "repeats": 3, "warmup": 1, "matmul_size": 2048, "matmul_repeats": 10}'
+
+Imports only torch and numpy (and its sibling), so the peak RSS it reports is the official
+step's own, with none of JAX's memory. Prints one JSON line.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+
+# A sibling in benchmarks/ (a script's own folder is on sys.path).
+from official_torch import OfficialAdamW, OfficialViLBert, official_param_groups, vqa_training_step
+
+
+def _peak_rss_gib() -> float:
+  import resource
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20   # KiB on Linux
+
+
+def best_matmul_flops(size: int, repeats: int) -> float:
+  """Best FLOP/s of torch's float32 `a @ b` for two size x size matrices (this process)."""
+  import time
+  a, b = torch.randn(size, size), torch.randn(size, size)
+  a @ b
+  best = float("inf")
+  for _ in range(repeats):
+    start = time.perf_counter()
+    a @ b
+    best = min(best, time.perf_counter() - start)
+  return 2.0 * size**3 / best
+
+
+def measure(config: Mapping[str, Any], batch_path: str, mode: str, repeats: int, warmup: int,
+            matmul_size: int, matmul_repeats: int, detect_anomaly: bool = False) -> dict:
+  """Times the official step (or forward, all heads) on the batch in `batch_path` (our layout).
+
+  One VQA update as `train_tasks.py` runs it: train mode (dropout on), forward, loss, backward,
+  AdamW, zero_grad. Inference: eval mode under `no_grad`, the whole official forward.
+  """
+  import statistics
+  import time
+  torch.manual_seed(0)
+  arrays = np.load(batch_path)
+  names = {"question": "input_ids", "features": "image_feat", "spatials": "image_loc",
+           "segment_ids": "segment_ids", "input_mask": "input_mask",
+           "image_mask": "image_mask", "target": "target"}
+  batch = {}
+  for official, ours in names.items():
+    value = arrays[ours]
+    if value.dtype.kind in "iu":            # the official datasets yield int64
+      value = value.astype(np.int64)
+    batch[official] = torch.from_numpy(np.ascontiguousarray(value))
+  size = batch["question"].shape[0]
+  matmul_before = best_matmul_flops(matmul_size, matmul_repeats)
+  start = time.perf_counter()
+  model = OfficialViLBert(config)
+  init_s = time.perf_counter() - start
+  num_params = sum(p.numel() for p in model.parameters())
+  torch.autograd.set_detect_anomaly(detect_anomaly)
+  times, losses = [], []
+  if mode == "train":
+    model.train()
+    optimizer = OfficialAdamW(official_param_groups(model))
+    for i in range(warmup + repeats):
+      start = time.perf_counter()
+      loss, _ = vqa_training_step(model, optimizer, batch)
+      if i >= warmup:
+        times.append(time.perf_counter() - start)
+      losses.append(loss)
+  else:
+    model.eval()
+    task_tokens = batch["question"].new_full((size, 1), 1)
+    with torch.no_grad():
+      for i in range(warmup + repeats):
+        start = time.perf_counter()
+        out = model(batch["question"], batch["features"], batch["spatials"],
+                    batch["segment_ids"], batch["input_mask"], batch["image_mask"],
+                    task_tokens)
+        if i >= warmup:
+          times.append(time.perf_counter() - start)
+      losses.append(float(out["vil_prediction"].float().abs().mean()))
+  matmul_after = best_matmul_flops(matmul_size, matmul_repeats)
+  median = statistics.median(times)
+  return dict(mode=mode, batch=size, torch=torch.__version__, threads=torch.get_num_threads(),
+              num_params=int(num_params), init_s=init_s, step_times_s=times, median_s=median,
+              examples_per_s=size / median, peak_rss_gib=_peak_rss_gib(),
+              matmul_flops=max(matmul_before, matmul_after), matmul_flops_before=matmul_before,
+              matmul_flops_after=matmul_after, finite=bool(np.isfinite(losses).all()),
+              losses=losses, detect_anomaly=detect_anomaly)
+
+
+if __name__ == "__main__":   # one isolated measurement: argv[1] is its JSON keyword arguments
+  import json
+  import sys
+  print(json.dumps(measure(**json.loads(sys.argv[1]))))
