@@ -81,6 +81,7 @@ class Spec:
   matmul_repeats: int
   host_batch: bool
   peak_tflops: float
+  huge_pages: bool
 
 
 def _peak_rss_gib() -> float:
@@ -224,18 +225,36 @@ def _wait_for_quiet(pattern: str, poll_s: float = 5.0) -> float:
     time.sleep(poll_s)
 
 
+HUGE_PAGES_TUNABLE = "glibc.malloc.hugetlb=1"
+
+
+def child_env(huge_pages: bool) -> dict[str, str]:
+  """This environment, with glibc's malloc asked for transparent huge pages (or not).
+
+  XLA:CPU allocates its temporaries afresh every step; with 4 KiB pages that is ~330k page
+  faults per base training step at batch 8. glibc reads its tunables at process start only.
+  """
+  env = dict(os.environ)
+  tunables = [t for t in env.get("GLIBC_TUNABLES", "").split(":")
+              if t and not t.startswith("glibc.malloc.hugetlb")]
+  if huge_pages:
+    tunables.append(HUGE_PAGES_TUNABLE)
+  env["GLIBC_TUNABLES"] = ":".join(tunables)
+  return env
+
+
 def run_isolated(spec: Spec) -> dict:
   """`measure(spec)` in a fresh interpreter, so peak RSS and caches are the run's own."""
   proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--_child",
                          json.dumps(dataclasses.asdict(spec))],
-                        capture_output=True, text=True)
+                        capture_output=True, text=True, env=child_env(spec.huge_pages))
   if proc.returncode != 0:
     sys.stderr.write(proc.stderr)
     raise SystemExit(f"measurement {spec} failed (exit {proc.returncode})")
   return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def run_official(spec: Spec, detect_anomaly: bool) -> dict:
+def run_official(spec: Spec, detect_anomaly: bool, huge_pages: bool) -> dict:
   """The official step (`official_torch.py`) on the same batch as `measure(spec)`, in a fresh
   process (`official_step.py`: torch and numpy only), with its achieved GEMM FLOP/s."""
   import numpy as np
@@ -256,7 +275,7 @@ def run_official(spec: Spec, detect_anomaly: bool) -> dict:
                   matmul_repeats=spec.matmul_repeats, detect_anomaly=detect_anomaly)
     script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "official_step.py")
     proc = subprocess.run([sys.executable, script, json.dumps(kwargs)], capture_output=True,
-                          text=True)
+                          text=True, env=child_env(huge_pages))
   if proc.returncode != 0:
     sys.stderr.write(proc.stderr)
     raise SystemExit(f"official measurement {spec} failed (exit {proc.returncode})")
@@ -396,6 +415,11 @@ def main(argv=None) -> None:
   parser.add_argument("--official_detect_anomaly", action="store_true",
                       help="time the official step with torch.autograd.set_detect_anomaly(True),"
                            " as train_tasks.py leaves it")
+  parser.add_argument("--huge_pages", default="on", choices=["on", "off"],
+                      help="run each measurement with GLIBC_TUNABLES=glibc.malloc.hugetlb=1 "
+                           "(what the twelve-in-one command sets for itself)")
+  parser.add_argument("--official_huge_pages", action="store_true",
+                      help="give the official step the same tunable (as shipped it runs without)")
   parser.add_argument("--json_out", default="")
   parser.add_argument("--_child", default="", help=argparse.SUPPRESS)
   args = parser.parse_args(argv)
@@ -411,7 +435,8 @@ def main(argv=None) -> None:
                 repeats=args.repeats, warmup=args.warmup, prng_impl=args.prng_impl,
                 remat=args.remat, grad_accum=args.grad_accum,
                 matmul_size=args.matmul_size, matmul_repeats=args.matmul_repeats,
-                host_batch=args.host_batch, peak_tflops=args.peak_tflops)
+                host_batch=args.host_batch, peak_tflops=args.peak_tflops,
+                huge_pages=args.huge_pages == "on")
   specs = []
   if not args.no_train:
     specs += [Spec("train", tasks[0], b, **common) for b in batches]
@@ -441,14 +466,16 @@ def main(argv=None) -> None:
           f"load average {result['load_average_end']:.1f})",
           flush=True)
     if args.official and spec.task == "vqa" and spec.dtype == "float32":
-      official = run_official(spec, args.official_detect_anomaly)
+      official = run_official(spec, args.official_detect_anomaly,
+                              args.official_huge_pages)
       result["official"] = official
       pairs.append((result, official))
       print(f"  official {spec.mode} {spec.task} batch {spec.batch}: "
             f"{official['median_s']:.3f} s/step, {official['examples_per_s']:.2f} ex/s, peak RSS "
             f"{official['peak_rss_gib']:.2f} GiB, finite={official['finite']}", flush=True)
   print(f"\ndevice {results[0]['device']} ({results[0]['platform']}); prng "
-        f"{args.prng_impl}; attention {args.attention_impl}; remat {args.remat}; grad_accum {args.grad_accum}; batch on "
+        f"{args.prng_impl}; attention {args.attention_impl}; remat {args.remat}; grad_accum "
+        f"{args.grad_accum}; huge pages {args.huge_pages}; batch on "
         f"{'host' if args.host_batch else 'device'}")
   print_results(results, args.peak_tflops)
   if pairs:

@@ -3,12 +3,18 @@
 Each command is a module `twelve_in_one.commands.<command>` that defines its absl flags and a
 `main(argv)`; the flags of one command are only defined when that command runs, so
 `--help` of each command lists its own flags only.
+
+Run from the command line, a command first re-executes itself once with glibc's huge-page
+tunable set (`hostmem.py`: about 9% faster CPU training steps); set
+`GLIBC_TUNABLES=glibc.malloc.hugetlb=0` to opt out.
 """
 
 from __future__ import annotations
 
 import importlib
 import sys
+
+from twelve_in_one import hostmem
 
 COMMANDS = {
     "train": "multi-task training (round-robin, DSG), resuming from the workdir",
@@ -32,6 +38,7 @@ def usage() -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
+  argv_is_the_process_command_line = argv is None
   argv = list(sys.argv if argv is None else argv)
   if len(argv) < 2 or argv[1] in ("-h", "--help", "help"):
     print(usage())
@@ -40,6 +47,9 @@ def main(argv: list[str] | None = None) -> None:
   if command not in COMMANDS:
     print(f"twelve-in-one: unknown command {command!r}\n\n{usage()}", file=sys.stderr)
     sys.exit(2)
+  if argv_is_the_process_command_line:
+    # Before anything heavy is imported: glibc reads its tunables at process start only.
+    hostmem.reexec_with_huge_pages()
   from absl import app  # imported late so `--help` of the dispatcher stays instant
   module = importlib.import_module(f"twelve_in_one.commands.{command}")
   app.run(module.main, argv=[f"twelve-in-one {command}"] + argv[2:])
