@@ -103,31 +103,31 @@ def test_tiny_run_trains_evaluates_and_never_recompiles(tmp_path):
   assert list((tmp_path / "tensorboard").iterdir())
 
 
-def test_sigterm_then_resume_is_bitwise_identical(tmp_path, monkeypatch):
-  # 6 iterations (one per epoch), a save started every 2.
+def test_sigterm_then_resume_is_bitwise_identical(tmp_path, monkeypatch, tiny_straight_run):
+  # 6 iterations (one per epoch), a save started every 2; the same config as the straight run.
   config = tiny_config_dict(tasks="vqa,refcoco", **{"schedule.num_epochs": 6,
                                                     "checkpoint.every_iterations": 2})
-  reference = loop_lib.train_and_evaluate(config, str(tmp_path / "straight"))
-  expected = _flat(reference.state.params)
+  _, expected = tiny_straight_run
+  workdir = str(tmp_path / "preempted")
+  original = Schedule.tasks_at
 
-  for stop_at in (1, 4):   # 4 falls right after an asynchronous save was started
-    workdir = str(tmp_path / f"stop{stop_at}")
-    original = Schedule.tasks_at
-
+  # Preempted twice: at iteration 1 (before any save) and, in the resumed run, at iteration 4
+  # (right after an asynchronous save was started); the second resume runs to the end.
+  for stop_at in (1, 4):
     def tasks_at(self, iteration, stop_at=stop_at):
       if iteration == stop_at:
         os.kill(os.getpid(), signal.SIGTERM)
       return original(self, iteration)
 
     monkeypatch.setattr(Schedule, "tasks_at", tasks_at)
-    first = loop_lib.train_and_evaluate(config, workdir)
-    assert first.preempted and first.iterations == stop_at + 1
-    monkeypatch.setattr(Schedule, "tasks_at", original)
-    resumed = loop_lib.train_and_evaluate(config, workdir)
-    assert not resumed.preempted
-    got = _flat(resumed.state.params)
-    for name, value in expected.items():
-      np.testing.assert_array_equal(got[name], value, err_msg=f"stop at {stop_at}: {name}")
+    run = loop_lib.train_and_evaluate(config, workdir)
+    assert run.preempted and run.iterations == stop_at + 1
+  monkeypatch.setattr(Schedule, "tasks_at", original)
+  resumed = loop_lib.train_and_evaluate(config, workdir)
+  assert not resumed.preempted
+  got = _flat(resumed.state.params)
+  for name, value in expected.items():
+    np.testing.assert_array_equal(got[name], value, err_msg=name)
 
 
 def test_nan_loss_stops_within_one_step_and_keeps_last_checkpoint(tmp_path, monkeypatch):

@@ -23,10 +23,11 @@ def _cli(workdir, *overrides, env=None):
           *overrides]
 
 
-def test_sigkill_resumes_from_the_previous_checkpoint(tmp_path):
+def test_sigkill_resumes_from_the_previous_checkpoint(tmp_path, tiny_straight_run):
+  # `_cli` runs the same config as the straight run.
   config = tiny_config_dict(tasks="vqa,refcoco", **{"schedule.num_epochs": 6,
                                                     "checkpoint.every_iterations": 2})
-  expected = _flat(loop_lib.train_and_evaluate(config, str(tmp_path / "straight")).state.params)
+  _, expected = tiny_straight_run
 
   workdir = tmp_path / "killed"
   process = subprocess.Popen(_cli(workdir), cwd=REPO, stdout=subprocess.DEVNULL,
@@ -58,9 +59,8 @@ def _losses(workdir) -> list[tuple[int, str, float]]:
                 if r.get("kind") == "train")
 
 
-def test_two_processes_match_one_process_with_eight_devices(tmp_path):
-  single = tmp_path / "single"
-  subprocess.run(_cli(single), cwd=REPO, check=True, capture_output=True, timeout=600)
+def test_two_processes_match_one_process_with_eight_devices(tmp_path, tiny_straight_run):
+  single, _ = tiny_straight_run   # the same config as `_cli`, one process with 8 devices
   port = _free_port()
   multi = tmp_path / "multi"
   env = dict(os.environ, XLA_FLAGS=os.environ["XLA_FLAGS"].replace(
