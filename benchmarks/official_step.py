@@ -14,13 +14,9 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
-# A sibling in benchmarks/ (a script's own folder is on sys.path).
+# Siblings in benchmarks/ (a script's own folder is on sys.path).
 from official_torch import OfficialAdamW, OfficialViLBert, official_param_groups, vqa_training_step
-
-
-def _peak_rss_gib() -> float:
-  import resource
-  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20   # KiB on Linux
+from process_stats import peak_rss_gib, peak_rss_since_reset_gib, reset_peak_rss
 
 
 def best_matmul_flops(size: int, repeats: int) -> float:
@@ -63,6 +59,7 @@ def measure(config: Mapping[str, Any], batch_path: str, mode: str, repeats: int,
   init_s = time.perf_counter() - start
   num_params = sum(p.numel() for p in model.parameters())
   torch.autograd.set_detect_anomaly(detect_anomaly)
+  peak_before_steps, step_peak_known = peak_rss_gib(), reset_peak_rss()
   times, losses = [], []
   if mode == "train":
     model.train()
@@ -89,7 +86,9 @@ def measure(config: Mapping[str, Any], batch_path: str, mode: str, repeats: int,
   median = statistics.median(times)
   return dict(mode=mode, batch=size, torch=torch.__version__, threads=torch.get_num_threads(),
               num_params=int(num_params), init_s=init_s, step_times_s=times, median_s=median,
-              examples_per_s=size / median, peak_rss_gib=_peak_rss_gib(),
+              examples_per_s=size / median, peak_rss_gib=max(peak_before_steps, peak_rss_gib()),
+              step_peak_rss_gib=(peak_rss_since_reset_gib() if step_peak_known
+                                 else float("nan")),
               matmul_flops=max(matmul_before, matmul_after), matmul_flops_before=matmul_before,
               matmul_flops_after=matmul_after, finite=bool(np.isfinite(losses).all()),
               losses=losses, detect_anomaly=detect_anomaly)

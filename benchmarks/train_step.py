@@ -17,7 +17,10 @@ The batch is put on the device once before the loop (what a prefetching input pi
 The first task runs at every `--batch_sizes`, the other tasks at `--other_batch_sizes`;
 `--inference=N` adds a forward-only run (dropout off, the task's head only) of the first task at
 batch N (0: none). Each measurement runs in its own fresh process (unless `--no_isolate`), so
-its peak RSS (`resource.getrusage`) is its own. Every process also measures the best
+its peak RSS (`resource.getrusage`) is its own; "steps' peak" is the peak of the timed steps
+alone (the kernel's count restarted after the state exists), without initialisation's. The
+state is made as the trainer makes it (parameters, then moments, the compiler's freed memory
+trimmed first). Every process also measures the best
 `jnp.dot` of two `--matmul_size`² float32 matrices, so the step's FLOP/s can be compared with
 the machine's matmul rate *in the same run* (the machine is shared and noisy).
 
@@ -43,16 +46,16 @@ import datetime
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 
 # Siblings in benchmarks/ (a script's own folder is on sys.path).
-from flop_count import (gemm_flops, hlo_dot_flops, pretraining_heads_flops, rows_per_example,
-                        training_gemm_flops)
+from flop_count import gemm_flops, hlo_dot_flops, rows_per_example, training_gemm_flops
+from official_compare import print_official, run_official
+from process_stats import (child_env, fmt_table, peak_rss_gib, peak_rss_since_reset_gib,
+                           reset_peak_rss)
 
 # The official PyTorch code on the 2-core CPU machine (issue 8, 2026-11-29).
 ANCHOR = {
@@ -84,10 +87,6 @@ class Spec:
   huge_pages: bool
 
 
-def _peak_rss_gib() -> float:
-  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20   # KiB on Linux
-
-
 def _cost_flops(compiled) -> float:
   cost = compiled.cost_analysis()
   if isinstance(cost, (list, tuple)):
@@ -115,6 +114,7 @@ def measure(spec: Spec) -> dict:
   import jax.numpy as jnp
   import numpy as np
 
+  from twelve_in_one import hostmem
   from twelve_in_one.models import ViLBertForVLTasks, get_model_config, init_params
   from twelve_in_one.tasks import get_task
   from twelve_in_one.tasks.examples import random_batch
@@ -153,10 +153,17 @@ def measure(spec: Spec) -> dict:
     t2 = time.perf_counter()
     compiled = lowered.compile()
     t3 = time.perf_counter()
-    state = jax.jit(lambda key: create_state(init_params(model, key)))(jax.random.key(0))
+    # As the trainer does (`loop._initial_state`): trim the compiler's freed memory, then
+    # parameters and moments from two programs.
+    hostmem.release_free_memory()
+    params = jax.jit(lambda key: init_params(model, key))(jax.random.key(0))
+    hostmem.release_free_memory()
+    state = jax.jit(create_state, donate_argnums=0)(params)
     jax.block_until_ready(state)
+    hostmem.release_free_memory()
     num_params = sum(x.size for x in jax.tree.leaves(state.params))
     init_s = time.perf_counter() - t3
+    peak_before_steps, step_peak_known = peak_rss_gib(), reset_peak_rss()
     keys = [jax.random.fold_in(base_key, i) for i in range(spec.warmup + spec.repeats)]
     times = []
     for i, key in enumerate(keys):
@@ -178,6 +185,8 @@ def measure(spec: Spec) -> dict:
     t2 = time.perf_counter()
     compiled = lowered.compile()
     t3 = time.perf_counter()
+    hostmem.release_free_memory()
+    peak_before_steps, step_peak_known = peak_rss_gib(), reset_peak_rss()
     times = []
     for i in range(spec.warmup + spec.repeats):
       start = time.perf_counter()
@@ -203,7 +212,9 @@ def measure(spec: Spec) -> dict:
       hlo_dot_flops_per_example=dot_flops / spec.batch, hlo_dots=dot_count,
       gemm_flops_per_example=gemm, matmul_flops=max(matmul_before, matmul_after),
       matmul_flops_before=matmul_before, matmul_flops_after=matmul_after,
-      peak_rss_gib=_peak_rss_gib(), finite=finite, load_average_end=os.getloadavg()[0],
+      peak_rss_gib=max(peak_before_steps, peak_rss_gib()),
+      step_peak_rss_gib=peak_rss_since_reset_gib() if step_peak_known else float("nan"),
+      finite=finite, load_average_end=os.getloadavg()[0],
       device_peak_gib=(stats or {}).get("peak_bytes_in_use", 0) / 2**30)
   result["achieved_flops"] = gemm * result["examples_per_s"]
   result["achieved_xla_flops"] = xla_flops * result["examples_per_s"]
@@ -225,24 +236,6 @@ def _wait_for_quiet(pattern: str, poll_s: float = 5.0) -> float:
     time.sleep(poll_s)
 
 
-HUGE_PAGES_TUNABLE = "glibc.malloc.hugetlb=1"
-
-
-def child_env(huge_pages: bool) -> dict[str, str]:
-  """This environment, with glibc's malloc asked for transparent huge pages (or not).
-
-  XLA:CPU allocates its temporaries afresh every step; with 4 KiB pages that is ~330k page
-  faults per base training step at batch 8. glibc reads its tunables at process start only.
-  """
-  env = dict(os.environ)
-  tunables = [t for t in env.get("GLIBC_TUNABLES", "").split(":")
-              if t and not t.startswith("glibc.malloc.hugetlb")]
-  if huge_pages:
-    tunables.append(HUGE_PAGES_TUNABLE)
-  env["GLIBC_TUNABLES"] = ":".join(tunables)
-  return env
-
-
 def run_isolated(spec: Spec) -> dict:
   """`measure(spec)` in a fresh interpreter, so peak RSS and caches are the run's own."""
   proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--_child",
@@ -252,74 +245,6 @@ def run_isolated(spec: Spec) -> dict:
     sys.stderr.write(proc.stderr)
     raise SystemExit(f"measurement {spec} failed (exit {proc.returncode})")
   return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
-def run_official(spec: Spec, detect_anomaly: bool, huge_pages: bool) -> dict:
-  """The official step (`official_torch.py`) on the same batch as `measure(spec)`, in a fresh
-  process (`official_step.py`: torch and numpy only), with its achieved GEMM FLOP/s."""
-  import numpy as np
-  from twelve_in_one.models import get_model_config
-  from twelve_in_one.tasks import get_task
-  from twelve_in_one.tasks.examples import random_batch
-
-  cfg = get_model_config(spec.config)
-  task = get_task(spec.task)
-  host = random_batch(task, spec.batch, vocab_size=cfg.vocab_size,
-                      feature_size=cfg.v_feature_size, num_vqa_answers=cfg.num_vqa_answers,
-                      num_gqa_answers=cfg.num_gqa_answers)        # the same batch as ours
-  with tempfile.TemporaryDirectory() as tmp:
-    path = os.path.join(tmp, "batch.npz")
-    np.savez(path, **host)
-    kwargs = dict(config=cfg.to_official_dict(), batch_path=path, mode=spec.mode,
-                  repeats=spec.repeats, warmup=spec.warmup, matmul_size=spec.matmul_size,
-                  matmul_repeats=spec.matmul_repeats, detect_anomaly=detect_anomaly)
-    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "official_step.py")
-    proc = subprocess.run([sys.executable, script, json.dumps(kwargs)], capture_output=True,
-                          text=True, env=child_env(huge_pages))
-  if proc.returncode != 0:
-    sys.stderr.write(proc.stderr)
-    raise SystemExit(f"official measurement {spec} failed (exit {proc.returncode})")
-  result = json.loads(proc.stdout.strip().splitlines()[-1])
-  seq_len = task.model_text_length(cfg.task_specific_tokens)
-  heads = pretraining_heads_flops(cfg, seq_len, task.max_region_num)
-  ours = (training_gemm_flops(cfg, task, seq_len, task.max_region_num) if spec.mode == "train"
-          else sum(gemm_flops(cfg, task, seq_len, task.max_region_num).values()))
-  result["gemm_flops_per_example"] = ours + heads
-  result["achieved_flops"] = result["gemm_flops_per_example"] * result["examples_per_s"]
-  result["fraction_of_matmul"] = result["achieved_flops"] / result["matmul_flops"]
-  return result
-
-
-def print_official(pairs: list[tuple[dict, dict]]) -> None:
-  """Ours against the official step measured right after it, in the same run."""
-  rows = []
-  for ours, official in pairs:
-    label = ours["mode"] + (f" (grad_accum {ours['grad_accum']})"
-                            if ours["mode"] == "train" and ours["grad_accum"] > 1 else "")
-    rows.append([label, ours["batch"], f"{ours['examples_per_s']:.2f}",
-                 f"{official['examples_per_s']:.2f}",
-                 f"{ours['examples_per_s'] / official['examples_per_s']:.2f}x",
-                 f"{ours['peak_rss_gib']:.2f}", f"{official['peak_rss_gib']:.2f}",
-                 f"{ours['peak_rss_gib'] / official['peak_rss_gib']:.2f}x",
-                 f"{100 * ours['fraction_of_matmul']:.0f}% of {ours['matmul_flops'] / 1e9:.0f}",
-                 f"{100 * official['fraction_of_matmul']:.0f}% of "
-                 f"{official['matmul_flops'] / 1e9:.0f}",
-                 f"{100 * official['achieved_flops'] / ours['matmul_flops']:.0f}%"])
-  print("\nSame run: ours against the official step re-expressed in PyTorch "
-        "(benchmarks/official_torch.py, checked against the official fixture; torch "
-        f"{pairs[0][1]['torch']}, {pairs[0][1]['threads']} threads, anomaly detection "
-        f"{'on' if pairs[0][1]['detect_anomaly'] else 'off'}); achieved GEMM GFLOP/s over each "
-        "framework's own best 2048^3 matmul, and the official step over XLA's:")
-  print(_fmt_table(["mode", "batch", "ours ex/s", "official ex/s", "speed", "ours RSS GiB",
-                    "official RSS GiB", "RSS", "ours / XLA matmul", "official / torch matmul",
-                    "official / XLA matmul"], rows))
-
-
-def _fmt_table(header: list[str], rows: list[list[str]]) -> str:
-  widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
-  line = lambda cells: "| " + " | ".join(str(c).rjust(w) for c, w in zip(cells, widths)) + " |"
-  sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
-  return "\n".join([line(header), sep] + [line(r) for r in rows])
 
 
 def print_hand_count(cfg, tasks) -> None:
@@ -337,7 +262,7 @@ def print_hand_count(cfg, tasks) -> None:
                  f"{training_gemm_flops(cfg, task, seq_len, regions) / 1e9:.3f}"])
     print(f"\nHand count of GEMM FLOPs, task {name} ({seq_len} text positions incl. the task "
           f"token, {regions} regions), GFLOP:")
-    print(_fmt_table(["part", "GFLOP"], rows))
+    print(fmt_table(["part", "GFLOP"], rows))
 
 
 def print_results(results: list[dict], peak_tflops: float) -> None:
@@ -352,7 +277,7 @@ def print_results(results: list[dict], peak_tflops: float) -> None:
     speed.append([r["mode"], r["task"], r["batch"], r["dtype"], f"{r['median_s']:.3f}",
                   f"{min(r['step_times_s']):.3f}-{max(r['step_times_s']):.3f}",
                   len(r["step_times_s"]), f"{r['examples_per_s']:.2f}", vs,
-                  f"{r['peak_rss_gib']:.2f}", rss_vs,
+                  f"{r['peak_rss_gib']:.2f}", f"{r['step_peak_rss_gib']:.2f}", rss_vs,
                   f"{r['lower_s']:.1f}+{r['compile_s']:.1f}"])
     row = [r["mode"], r["task"], r["batch"], g(r["xla_flops_per_example"]),
            g(r["hlo_dot_flops_per_example"]), g(r["gemm_flops_per_example"]),
@@ -363,8 +288,8 @@ def print_results(results: list[dict], peak_tflops: float) -> None:
       row.append(f"{100 * r['achieved_flops'] / (peak_tflops * 1e12):.1f}%")
     cost.append(row)
   print("\nSpeed and memory (median over the timed steps; compile = lower + XLA compile):")
-  print(_fmt_table(["mode", "task", "batch", "dtype", "median s/step", "min-max s", "steps",
-                    "examples/s", "vs official", "peak RSS GiB", "vs official",
+  print(fmt_table(["mode", "task", "batch", "dtype", "median s/step", "min-max s", "steps",
+                    "examples/s", "vs official", "peak RSS GiB", "steps' peak", "vs official",
                     "compile s"], speed))
   print("\nCost per example (GFLOP) and rates (GFLOP/s; achieved = hand GEMM count x "
         "examples/s; matmul = best jnp.dot float32 "
@@ -373,7 +298,7 @@ def print_results(results: list[dict], peak_tflops: float) -> None:
             "achieved", "achieved (XLA cost)", "matmul", "achieved/matmul"]
   if peak_tflops:
     header.append(f"MFU vs {peak_tflops:g} TFLOP/s")
-  print(_fmt_table(header, cost))
+  print(fmt_table(header, cost))
 
 
 def main(argv=None) -> None:

@@ -31,7 +31,7 @@ import tqdm
 from twelve_in_one import hostmem
 from twelve_in_one.models import ViLBertForVLTasks
 from twelve_in_one.models.vilbert import all_outputs, dummy_inputs, init_variables
-from twelve_in_one.tasks.registry import Task, get_task, loss_scale
+from twelve_in_one.tasks.registry import Task, loss_scale
 from twelve_in_one.train import optimizer as opt
 from twelve_in_one.train import distributed, sharding
 from twelve_in_one.train.checkpoint import Checkpointer, abstract_like
