@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -52,28 +53,45 @@ def run_official(spec, detect_anomaly: bool, huge_pages: bool) -> dict:
   return result
 
 
+def _spread(values: list[float], fmt: str = "{:.2f}") -> str:
+  """The median, and the range when there is more than one value."""
+  median = statistics.median(values)
+  if len(values) == 1:
+    return fmt.format(median)
+  return f"{fmt.format(median)} ({fmt.format(min(values))}-{fmt.format(max(values))})"
+
+
 def print_official(pairs: list[tuple[dict, dict]]) -> None:
-  """Ours against the official step measured right after it, in the same run."""
-  rows = []
+  """Ours against the official step measured right after it; with several rounds, the median
+  of each round's own ratio (the machine's speed drifts between rounds, not within a pair)."""
+  groups: dict[tuple, list[tuple[dict, dict]]] = {}
   for ours, official in pairs:
-    label = ours["mode"] + (f" (grad_accum {ours['grad_accum']})"
-                            if ours["mode"] == "train" and ours["grad_accum"] > 1 else "")
-    rows.append([label, ours["batch"], f"{ours['examples_per_s']:.2f}",
-                 f"{official['examples_per_s']:.2f}",
-                 f"{ours['examples_per_s'] / official['examples_per_s']:.2f}x",
-                 f"{ours['peak_rss_gib']:.2f}", f"{official['peak_rss_gib']:.2f}",
-                 f"{ours['peak_rss_gib'] / official['peak_rss_gib']:.2f}x",
-                 f"{ours['step_peak_rss_gib']:.2f} / {official['step_peak_rss_gib']:.2f}",
-                 f"{100 * ours['fraction_of_matmul']:.0f}% of {ours['matmul_flops'] / 1e9:.0f}",
-                 f"{100 * official['fraction_of_matmul']:.0f}% of "
-                 f"{official['matmul_flops'] / 1e9:.0f}",
-                 f"{100 * official['achieved_flops'] / ours['matmul_flops']:.0f}%"])
+    groups.setdefault((ours["mode"], ours["batch"], ours["grad_accum"]), []).append(
+        (ours, official))
+  rows = []
+  for (mode, batch, grad_accum), group in groups.items():
+    ours_of = lambda key: [o[key] for o, _ in group]
+    official_of = lambda key: [f[key] for _, f in group]
+    ratio = lambda key: [o[key] / f[key] for o, f in group]
+    label = mode + (f" (grad_accum {grad_accum})" if mode == "train" and grad_accum > 1 else "")
+    rows.append([label, batch, len(group), _spread(ours_of("examples_per_s")),
+                 _spread(official_of("examples_per_s")),
+                 _spread(ratio("examples_per_s"), "{:.2f}x"),
+                 _spread(ours_of("peak_rss_gib")), _spread(official_of("peak_rss_gib")),
+                 _spread(ratio("peak_rss_gib"), "{:.2f}x"),
+                 _spread(ratio("step_peak_rss_gib"), "{:.2f}x"),
+                 _spread([100 * x for x in ours_of("fraction_of_matmul")], "{:.0f}%"),
+                 _spread([100 * x for x in official_of("fraction_of_matmul")], "{:.0f}%"),
+                 _spread([100 * f["achieved_flops"] / o["matmul_flops"] for o, f in group],
+                         "{:.0f}%")])
+  official = pairs[0][1]
   print("\nSame run: ours against the official step re-expressed in PyTorch "
         "(benchmarks/official_torch.py, checked against the official fixture; torch "
-        f"{pairs[0][1]['torch']}, {pairs[0][1]['threads']} threads, anomaly detection "
-        f"{'on' if pairs[0][1]['detect_anomaly'] else 'off'}); achieved GEMM GFLOP/s over each "
-        "framework's own best 2048^3 matmul, and the official step over XLA's:")
-  print(fmt_table(["mode", "batch", "ours ex/s", "official ex/s", "speed", "ours RSS GiB",
-                    "official RSS GiB", "RSS", "steps' own peak ours / official",
-                    "ours / XLA matmul", "official / torch matmul",
-                    "official / XLA matmul"], rows))
+        f"{official['torch']}, {official['threads']} threads, anomaly detection "
+        f"{'on' if official['detect_anomaly'] else 'off'}). Median over rounds (range); each "
+        "ratio is taken within its round. Achieved GEMM FLOP/s over each framework's own best "
+        "2048^3 matmul, and the official step over XLA's:")
+  print(fmt_table(["mode", "batch", "rounds", "ours ex/s", "official ex/s", "speed",
+                   "ours RSS GiB", "official RSS GiB", "RSS", "steps' own peak RSS",
+                   "ours / XLA matmul", "official / torch matmul", "official / XLA matmul"],
+                  rows))

@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/train_step.py [--batch_sizes=8,32] [--tasks=vqa,refcoco]
         [--other_batch_sizes=8] [--dtype=float32|bfloat16] [--attention_impl=einsum]
         [--repeats=5] [--inference=32] [--config=base] [--prng_impl=rbg] [--remat]
-        [--grad_accum=1] [--official [--official_detect_anomaly]]
+        [--grad_accum=1] [--official [--official_detect_anomaly]] [--rounds=1]
         [--wait_for="twelve-in-one train"] [--peak_tflops=0] [--json_out=FILE]
 
 What is timed is the step the trainer runs (`train/steps.py`): `make_train_step` for the task
@@ -345,6 +345,9 @@ def main(argv=None) -> None:
                            "(what the twelve-in-one command sets for itself)")
   parser.add_argument("--official_huge_pages", action="store_true",
                       help="give the official step the same tunable (as shipped it runs without)")
+  parser.add_argument("--rounds", type=int, default=1,
+                      help="run every measurement (and its official twin) this many times, "
+                           "alternating, so drifts of a shared machine hit both alike")
   parser.add_argument("--json_out", default="")
   parser.add_argument("--_child", default="", help=argparse.SUPPRESS)
   args = parser.parse_args(argv)
@@ -378,7 +381,7 @@ def main(argv=None) -> None:
   print_hand_count(cfg, tasks)
 
   results, pairs = [], []
-  for spec in specs:
+  for spec in [spec for _ in range(args.rounds) for spec in specs]:
     waited = _wait_for_quiet(args.wait_for)
     started = time.perf_counter()
     result = measure(spec) if args.no_isolate else run_isolated(spec)
