@@ -175,7 +175,12 @@ def measure(spec: Spec) -> dict:
     finite = bool(np.isfinite(float(metrics["loss"])))
     gemm = training_gemm_flops(cfg, task, seq_len, num_regions)
   else:
-    params = jax.jit(lambda key: init_params(model, key))(jax.random.key(0))
+    # Leaf by leaf from the host, as an evaluation restores a checkpoint: no program holding
+    # a random init's temporaries (1.5 GiB for `base`) sets the process's peak.
+    abstract = jax.eval_shape(lambda: init_params(model, jax.random.key(0)))
+    rng = np.random.default_rng(0)
+    params = jax.tree.map(lambda s: jax.device_put(
+        (rng.standard_normal(s.shape, np.float32) * 0.02).astype(s.dtype)), abstract)
     jax.block_until_ready(params)
     num_params = sum(x.size for x in jax.tree.leaves(params))
     init_s = time.perf_counter() - t0
@@ -274,7 +279,8 @@ def print_results(results: list[dict], peak_tflops: float) -> None:
         if anchor else "-"
     rss_vs = (f"{r['peak_rss_gib'] / anchor['peak_rss_gib']:.2f}x of {anchor['peak_rss_gib']}"
               if anchor and "peak_rss_gib" in anchor else "-")
-    speed.append([r["mode"], r["task"], r["batch"], r["dtype"], f"{r['median_s']:.3f}",
+    speed.append([r["mode"], r["task"], r["batch"], r["dtype"],
+                  "on" if r["huge_pages"] else "off", f"{r['median_s']:.3f}",
                   f"{min(r['step_times_s']):.3f}-{max(r['step_times_s']):.3f}",
                   len(r["step_times_s"]), f"{r['examples_per_s']:.2f}", vs,
                   f"{r['peak_rss_gib']:.2f}", f"{r['step_peak_rss_gib']:.2f}", rss_vs,
@@ -288,9 +294,10 @@ def print_results(results: list[dict], peak_tflops: float) -> None:
       row.append(f"{100 * r['achieved_flops'] / (peak_tflops * 1e12):.1f}%")
     cost.append(row)
   print("\nSpeed and memory (median over the timed steps; compile = lower + XLA compile):")
-  print(fmt_table(["mode", "task", "batch", "dtype", "median s/step", "min-max s", "steps",
-                    "examples/s", "vs official", "peak RSS GiB", "steps' peak", "vs official",
-                    "compile s"], speed))
+  print(fmt_table(["mode", "task", "batch", "dtype", "huge pages", "median s/step",
+                   "min-max s", "steps",
+                   "examples/s", "vs official", "peak RSS GiB", "steps' peak", "vs official",
+                   "compile s"], speed))
   print("\nCost per example (GFLOP) and rates (GFLOP/s; achieved = hand GEMM count x "
         "examples/s; matmul = best jnp.dot float32 "
         f"{results[0]['matmul_size']}^3 in the same process):")
@@ -340,9 +347,10 @@ def main(argv=None) -> None:
   parser.add_argument("--official_detect_anomaly", action="store_true",
                       help="time the official step with torch.autograd.set_detect_anomaly(True),"
                            " as train_tasks.py leaves it")
-  parser.add_argument("--huge_pages", default="on", choices=["on", "off"],
+  parser.add_argument("--huge_pages", default="on", choices=["on", "off", "both"],
                       help="run each measurement with GLIBC_TUNABLES=glibc.malloc.hugetlb=1 "
-                           "(what the twelve-in-one command sets for itself)")
+                           "(what the twelve-in-one command sets for itself); both: each "
+                           "measurement with, then without")
   parser.add_argument("--official_huge_pages", action="store_true",
                       help="give the official step the same tunable (as shipped it runs without)")
   parser.add_argument("--rounds", type=int, default=1,
@@ -364,13 +372,15 @@ def main(argv=None) -> None:
                 remat=args.remat, grad_accum=args.grad_accum,
                 matmul_size=args.matmul_size, matmul_repeats=args.matmul_repeats,
                 host_batch=args.host_batch, peak_tflops=args.peak_tflops,
-                huge_pages=args.huge_pages == "on")
+                huge_pages=args.huge_pages != "off")
   specs = []
   if not args.no_train:
     specs += [Spec("train", tasks[0], b, **common) for b in batches]
     specs += [Spec("train", t, b, **common) for t in tasks[1:] for b in others]
   if args.inference:
     specs.append(Spec("inference", tasks[0], args.inference, **common))
+  if args.huge_pages == "both":   # each measurement with, then without: a lever's A/B
+    specs = [dataclasses.replace(spec, huge_pages=on) for spec in specs for on in (True, False)]
 
   import jax
   from twelve_in_one.models import get_model_config
