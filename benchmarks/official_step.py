@@ -15,7 +15,8 @@ import numpy as np
 import torch
 
 # Siblings in benchmarks/ (a script's own folder is on sys.path).
-from official_torch import OfficialAdamW, OfficialViLBert, official_param_groups, vqa_training_step
+from official_torch import (OfficialAdamW, OfficialViLBert, official_batch, official_param_groups,
+                            vqa_training_step)
 from process_stats import peak_rss_gib, peak_rss_since_reset_gib, reset_peak_rss
 
 
@@ -42,16 +43,7 @@ def measure(config: Mapping[str, Any], batch_path: str, mode: str, repeats: int,
   import statistics
   import time
   torch.manual_seed(0)
-  arrays = np.load(batch_path)
-  names = {"question": "input_ids", "features": "image_feat", "spatials": "image_loc",
-           "segment_ids": "segment_ids", "input_mask": "input_mask",
-           "image_mask": "image_mask", "target": "target"}
-  batch = {}
-  for official, ours in names.items():
-    value = arrays[ours]
-    if value.dtype.kind in "iu":            # the official datasets yield int64
-      value = value.astype(np.int64)
-    batch[official] = torch.from_numpy(np.ascontiguousarray(value))
+  batch = official_batch(np.load(batch_path))
   size = batch["question"].shape[0]
   matmul_before = best_matmul_flops(matmul_size, matmul_repeats)
   start = time.perf_counter()

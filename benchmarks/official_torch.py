@@ -409,6 +409,24 @@ class OfficialAdamW(torch.optim.Optimizer):
           p.add_(p, alpha=-group["lr"] * group["weight_decay"])
 
 
+# The official dataset's name of each tensor `vqa_loss` reads -> our batch layout's name.
+OFFICIAL_BATCH_NAMES = {"question": "input_ids", "features": "image_feat",
+                        "spatials": "image_loc", "segment_ids": "segment_ids",
+                        "input_mask": "input_mask", "image_mask": "image_mask",
+                        "target": "target"}
+
+
+def official_batch(ours: Mapping[str, np.ndarray]) -> dict[str, torch.Tensor]:
+  """A batch in our layout (numpy) as the official dataset yields it: its names, int64 ids."""
+  batch = {}
+  for official, name in OFFICIAL_BATCH_NAMES.items():
+    value = np.asarray(ours[name])
+    if value.dtype.kind in "iu":
+      value = value.astype(np.int64)
+    batch[official] = torch.from_numpy(np.ascontiguousarray(value))
+  return batch
+
+
 def vqa_loss(model: OfficialViLBert, batch: Mapping[str, torch.Tensor], task_id: int = 1
              ) -> tuple[torch.Tensor, torch.Tensor]:
   """`ForwardModelsTrain` for a VL-classifier task: (BCE mean x num answers, batch score).

@@ -8,6 +8,7 @@ import pathlib
 
 import numpy as np
 import pytest
+from fixture_utils import fixture_batch
 
 torch = pytest.importorskip("torch")
 
@@ -66,23 +67,18 @@ def test_forward_matches_every_official_output(loaded, fixture_dir):
   assert compared == 9 * len(manifest["runs"])
 
 
-def _task1_batch(fixture_dir) -> dict:
-  inputs = np.load(fixture_dir / "inputs.npz")
+def _task1_batch(official_torch, fixture_dir) -> dict:
+  """The fixture's VQA batch as the official dataset yields it."""
   train = np.load(fixture_dir / "train.npz")
-  table = np.concatenate([inputs["image_feat"].reshape(-1, 2048),
-                          np.zeros((1, 2048), np.float32)])
-  batch = {name: train[f"task1.{name}"] for name in
-           ("question", "spatials", "segment_ids", "input_mask", "image_mask", "target")}
-  batch["features"] = table[train["task1.feature_rows"]]
   assert (train["task1.task_tokens"] == 1).all()
-  return {name: torch.from_numpy(np.ascontiguousarray(value)) for name, value in batch.items()}
+  return official_torch.official_batch(fixture_batch(fixture_dir, train, "task1"))
 
 
 def test_vqa_loss_and_every_gradient_match(official_torch, loaded, fixture_dir):
   model = loaded()
   train = np.load(fixture_dir / "train.npz")
   manifest = json.loads((fixture_dir / "train_manifest.json").read_text())
-  loss, score = official_torch.vqa_loss(model, _task1_batch(fixture_dir))
+  loss, score = official_torch.vqa_loss(model, _task1_batch(official_torch, fixture_dir))
   np.testing.assert_allclose(loss.item(), float(train["task1.loss"]), rtol=1e-6)
   assert float(score) == pytest.approx(float(train["task1.batch_score"]))
   loss.backward()
@@ -105,7 +101,7 @@ def test_vqa_loss_and_every_gradient_match(official_torch, loaded, fixture_dir):
 def test_adamw_steps_match_the_official_optimizer(official_torch, loaded, fixture_dir):
   model = loaded()
   train = np.load(fixture_dir / "train.npz")
-  batch = _task1_batch(fixture_dir)
+  batch = _task1_batch(official_torch, fixture_dir)
   optimizer = official_torch.OfficialAdamW(official_torch.official_param_groups(model))
   losses, params = [], {}
   for step in (1, 2, 3):
