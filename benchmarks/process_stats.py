@@ -55,3 +55,15 @@ def fmt_table(header: list[str], rows: list[list[str]]) -> str:
   line = lambda cells: "| " + " | ".join(str(c).rjust(w) for c, w in zip(cells, widths)) + " |"
   sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
   return "\n".join([line(header), sep] + [line(r) for r in rows])
+
+
+def usage_snapshot() -> tuple[int, float]:
+  """(minor page faults, kernel CPU seconds) of this process so far."""
+  usage = resource.getrusage(resource.RUSAGE_SELF)
+  return usage.ru_minflt, usage.ru_stime
+
+
+def usage_since(snapshot: tuple[int, float]) -> tuple[int, float]:
+  """Minor page faults and kernel CPU seconds since `snapshot`."""
+  faults, kernel_s = usage_snapshot()
+  return faults - snapshot[0], kernel_s - snapshot[1]

@@ -55,7 +55,7 @@ import time
 from flop_count import gemm_flops, hlo_dot_flops, rows_per_example, training_gemm_flops
 from official_compare import print_official, run_official
 from process_stats import (child_env, fmt_table, peak_rss_gib, peak_rss_since_reset_gib,
-                           reset_peak_rss)
+                           reset_peak_rss, usage_since, usage_snapshot)
 
 # The issue-8 anchor: the official PyTorch code on another 2-core CPU (AVX-512, 2026-11-29). The
 # same-run comparison on this machine is `--official`.
@@ -166,13 +166,14 @@ def measure(spec: Spec) -> dict:
     init_s = time.perf_counter() - t3
     peak_before_steps, step_peak_known = peak_rss_gib(), reset_peak_rss()
     keys = [jax.random.fold_in(base_key, i) for i in range(spec.warmup + spec.repeats)]
-    times = []
+    times, usage = [], []
     for i, key in enumerate(keys):
-      start = time.perf_counter()
+      before, start = usage_snapshot(), time.perf_counter()
       state, metrics = compiled(state, batch, key, lr)
       jax.block_until_ready((state, metrics))
       if i >= spec.warmup:
         times.append(time.perf_counter() - start)
+        usage.append(usage_since(before))
     finite = bool(np.isfinite(float(metrics["loss"])))
     gemm = training_gemm_flops(cfg, task, seq_len, num_regions)
   else:
@@ -193,13 +194,14 @@ def measure(spec: Spec) -> dict:
     t3 = time.perf_counter()
     hostmem.release_free_memory()
     peak_before_steps, step_peak_known = peak_rss_gib(), reset_peak_rss()
-    times = []
+    times, usage = [], []
     for i in range(spec.warmup + spec.repeats):
-      start = time.perf_counter()
+      before, start = usage_snapshot(), time.perf_counter()
       out = compiled(params, batch)
       out.block_until_ready()
       if i >= spec.warmup:
         times.append(time.perf_counter() - start)
+        usage.append(usage_since(before))
     finite = bool(np.isfinite(np.asarray(out, np.float32)).all())
     gemm = sum(gemm_flops(cfg, task, seq_len, num_regions).values()) * rows_per_example(task)
 
@@ -221,6 +223,8 @@ def measure(spec: Spec) -> dict:
       peak_rss_gib=max(peak_before_steps, peak_rss_gib()),
       step_peak_rss_gib=peak_rss_since_reset_gib() if step_peak_known else float("nan"),
       finite=finite, load_average_end=os.getloadavg()[0],
+      page_faults_per_step=statistics.median(u[0] for u in usage),
+      kernel_s_per_step=statistics.median(u[1] for u in usage),
       device_peak_gib=(stats or {}).get("peak_bytes_in_use", 0) / 2**30)
   result["achieved_flops"] = gemm * result["examples_per_s"]
   result["achieved_xla_flops"] = xla_flops * result["examples_per_s"]
@@ -401,6 +405,8 @@ def main(argv=None) -> None:
     print(f"  {spec.mode} {spec.task} batch {spec.batch}: {result['median_s']:.3f} s/step, "
           f"{result['examples_per_s']:.2f} ex/s, peak RSS {result['peak_rss_gib']:.2f} GiB, "
           f"compile {result['compile_s']:.1f} s, {result['num_params'] / 1e6:.1f}M params, "
+          f"{result['page_faults_per_step']:.0f} page faults and "
+          f"{result['kernel_s_per_step']:.2f} s kernel time per step, "
           f"finite={result['finite']} (waited {waited:.0f} s, wall {result['wall_s']:.0f} s, "
           f"load average {result['load_average_end']:.1f})",
           flush=True)

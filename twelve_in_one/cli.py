@@ -5,7 +5,7 @@ Each command is a module `twelve_in_one.commands.<command>` that defines its abs
 `--help` of each command lists its own flags only.
 
 Run from the command line, a command first re-executes itself once with glibc's huge-page
-tunable set (`hostmem.py`: 1-11% faster CPU training steps); set
+tunable set (`hostmem.py`: 1-13% faster CPU training steps); set
 `GLIBC_TUNABLES=glibc.malloc.hugetlb=0` to opt out.
 """
 

@@ -3,7 +3,7 @@
 XLA:CPU allocates every executable's temporaries afresh on each call and frees them after.
 glibc serves allocations that large with `mmap` and returns them with `munmap`, so each base
 training step at batch 8 touched ~1.3 GiB of brand-new 4 KiB pages: ~330,000 page faults and
-1-11% of the step (measured, BENCHMARKS.md). Asking glibc to back its memory with
+1-13% of the step (measured, BENCHMARKS.md). Asking glibc to back its memory with
 transparent huge pages (the `glibc.malloc.hugetlb=1` tunable, glibc >= 2.35, honoured where
 THP is `madvise` or `always`) makes that ~4,000 faults. glibc reads its tunables only when a
 process starts, so the `twelve-in-one` command re-executes itself once with the tunable set.
