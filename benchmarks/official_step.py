@@ -9,6 +9,10 @@ step's own, with none of JAX's memory. Prints one JSON line.
 
 from __future__ import annotations
 
+import json
+import statistics
+import sys
+import time
 from typing import Any, Mapping
 
 import numpy as np
@@ -22,7 +26,6 @@ from process_stats import peak_rss_gib, peak_rss_since_reset_gib, reset_peak_rss
 
 def best_matmul_flops(size: int, repeats: int) -> float:
   """Best FLOP/s of torch's float32 `a @ b` for two size x size matrices (this process)."""
-  import time
   a, b = torch.randn(size, size), torch.randn(size, size)
   a @ b
   best = float("inf")
@@ -40,8 +43,6 @@ def measure(config: Mapping[str, Any], batch_path: str, mode: str, repeats: int,
   One VQA update as `train_tasks.py` runs it: train mode (dropout on), forward, loss, backward,
   AdamW, zero_grad. Inference: eval mode under `no_grad`, the whole official forward.
   """
-  import statistics
-  import time
   torch.manual_seed(0)
   batch = official_batch(np.load(batch_path))
   size = batch["question"].shape[0]
@@ -52,7 +53,7 @@ def measure(config: Mapping[str, Any], batch_path: str, mode: str, repeats: int,
   num_params = sum(p.numel() for p in model.parameters())
   torch.autograd.set_detect_anomaly(detect_anomaly)
   peak_before_steps, step_peak_known = peak_rss_gib(), reset_peak_rss()
-  times, losses = [], []
+  times, values = [], []   # values: the losses (training) or a logit mean, to check finiteness
   if mode == "train":
     model.train()
     optimizer = OfficialAdamW(official_param_groups(model))
@@ -61,7 +62,7 @@ def measure(config: Mapping[str, Any], batch_path: str, mode: str, repeats: int,
       loss, _ = vqa_training_step(model, optimizer, batch)
       if i >= warmup:
         times.append(time.perf_counter() - start)
-      losses.append(loss)
+      values.append(loss)
   else:
     model.eval()
     task_tokens = batch["question"].new_full((size, 1), 1)
@@ -73,7 +74,7 @@ def measure(config: Mapping[str, Any], batch_path: str, mode: str, repeats: int,
                     task_tokens)
         if i >= warmup:
           times.append(time.perf_counter() - start)
-      losses.append(float(out["vil_prediction"].float().abs().mean()))
+      values.append(float(out["vil_prediction"].float().abs().mean()))
   matmul_after = best_matmul_flops(matmul_size, matmul_repeats)
   median = statistics.median(times)
   return dict(mode=mode, batch=size, torch=torch.__version__, threads=torch.get_num_threads(),
@@ -82,11 +83,9 @@ def measure(config: Mapping[str, Any], batch_path: str, mode: str, repeats: int,
               step_peak_rss_gib=(peak_rss_since_reset_gib() if step_peak_known
                                  else float("nan")),
               matmul_flops=max(matmul_before, matmul_after), matmul_flops_before=matmul_before,
-              matmul_flops_after=matmul_after, finite=bool(np.isfinite(losses).all()),
-              losses=losses, detect_anomaly=detect_anomaly)
+              matmul_flops_after=matmul_after, finite=bool(np.isfinite(values).all()),
+              values=values, detect_anomaly=detect_anomaly)
 
 
 if __name__ == "__main__":   # one isolated measurement: argv[1] is its JSON keyword arguments
-  import json
-  import sys
   print(json.dumps(measure(**json.loads(sys.argv[1]))))

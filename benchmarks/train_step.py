@@ -64,7 +64,6 @@ ANCHOR = {
     ("train", 32): {"examples_per_s": 2.36, "step_s": 13.6, "peak_rss_gib": 8.8},
     ("inference", 32): {"examples_per_s": 7.47},
 }
-ANCHOR_GFLOP_PER_EXAMPLE = 68.6
 
 
 # ----------------------------------------------------------------------------- one measurement

@@ -1,5 +1,6 @@
 """The command's host-memory set-up: glibc's huge-page tunable, set once by re-executing."""
 
+import os
 import platform
 import subprocess
 import sys
@@ -23,9 +24,8 @@ def test_tunable_is_added_once_and_an_explicit_setting_wins():
 def test_reexec_runs_the_same_command_once_with_the_tunable():
   code = ("import os, sys; from twelve_in_one import hostmem; print('start', flush=True); "
           "hostmem.reexec_with_huge_pages(); print(os.environ['GLIBC_TUNABLES'], sys.argv[1:])")
-  env = {k: v for k, v in __import__("os").environ.items() if k != "GLIBC_TUNABLES"}
+  env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
   out = subprocess.run([sys.executable, "-c", code, "an-argument"], env=env, check=True,
                        capture_output=True, text=True, timeout=60).stdout.split("\n")
   # The first image prints "start" and is replaced; the second prints it again, then the rest.
   assert out[:3] == ["start", "start", "glibc.malloc.hugetlb=1 ['an-argument']"], out
-
