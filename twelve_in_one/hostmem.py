@@ -59,7 +59,7 @@ def reexec_with_huge_pages(argv: Sequence[str] | None = None) -> None:
 def release_free_memory() -> None:
   """Returns the allocator's free pages to the OS (glibc `malloc_trim`), e.g. after compiling.
 
-  Compiling the base model's step leaves ~0.3 GiB of freed compiler memory resident; trimming
+  Compiling the base model's step leaves ~0.3 GiB of freed compiler memory resident (0.92 -> 0.63 GiB); trimming
   it before the training state is allocated lowers the process's peak by as much.
   """
   if _is_glibc_linux():

@@ -351,8 +351,9 @@ def _initial_state(config, model, model_config, state_shardings, log) -> TrainSt
   """Fresh parameters (born sharded), optionally overwritten from an init checkpoint.
 
   Parameters and moments come from two programs: one program making both held the random
-  init's temporaries and all three trees at once, a transient 1.4 GiB above the training
-  step's own peak for `base` (BENCHMARKS.md). The values are the same either way.
+  init's temporaries and all three trees at once: for `base` it peaked at 5.42 GiB, above the
+  training step's own 4.89 GiB; two programs peak at 3.78 (`benchmarks/memory_phases.py`).
+  The values are the same either way.
   """
   init = jax.jit(lambda key: _unboxed_init(model, key), out_shardings=state_shardings.params)
   params = init(jax.random.key(config.seed))

@@ -1,0 +1,97 @@
+"""Where a training process's resident memory goes, phase by phase (Linux `/proc/self/status`).
+
+    .venv/bin/python benchmarks/memory_phases.py [--config=base] [--batch=8] [--steps=2]
+
+Compiles the VQA training step from the state's shapes (as the trainer does), then makes the
+state the way the trainer makes it, printing VmRSS (now) and VmHWM (peak since the last reset)
+after each phase: compile, `malloc_trim`, parameters, moments, and the timed steps. For
+comparison it also prints the peak of the one-program init (parameters and moments together)
+that the trainer used before. XLA's `memory_analysis()` of the step gives the argument,
+output, alias and temporary sizes.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import jax
+import jax.numpy as jnp
+
+from process_stats import reset_peak_rss   # a sibling in benchmarks/
+from twelve_in_one import hostmem
+from twelve_in_one.models import ViLBertForVLTasks, get_model_config, init_params
+from twelve_in_one.tasks import get_task
+from twelve_in_one.tasks.examples import random_batch
+from twelve_in_one.train import optimizer as opt
+from twelve_in_one.train.steps import StepSettings, create_state, make_train_step
+
+
+def status_gib() -> tuple[float, float]:
+  values = {}
+  with open("/proc/self/status") as f:
+    for line in f:
+      if line.startswith(("VmRSS:", "VmHWM:")):
+        key, amount, _ = line.split()
+        values[key[:-1]] = int(amount) / 2**20
+  return values["VmRSS"], values["VmHWM"]
+
+
+def report(phase: str) -> None:
+  rss, peak = status_gib()
+  print(f"{phase:<44} RSS {rss:5.2f} GiB   peak since last reset {peak:5.2f} GiB", flush=True)
+  reset_peak_rss()
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--config", default="base")
+  parser.add_argument("--batch", type=int, default=8)
+  parser.add_argument("--steps", type=int, default=2)
+  args = parser.parse_args()
+
+  model = ViLBertForVLTasks(get_model_config(args.config))
+  task = get_task("vqa")
+  batch = jax.device_put(random_batch(task, args.batch))
+  abstract = jax.eval_shape(lambda: init_params(model, jax.random.key(0)))
+  settings = StepSettings(opt.OptimizerConfig())
+  step = jax.jit(make_train_step(model.apply, task, settings,
+                                 opt.learning_rates(abstract, settings.optimizer),
+                                 opt.weight_decays(abstract, settings.optimizer), abstract),
+                 donate_argnums=(0,))
+  abstract_state = jax.eval_shape(lambda: create_state(init_params(model, jax.random.key(0))))
+  key, lr = jax.random.key(0, impl="rbg"), jnp.float32(1.0)
+  reset_peak_rss()
+  compiled = step.lower(abstract_state, batch, key, lr).compile()
+  report("compiled the step")
+  memory = compiled.memory_analysis()
+  print("XLA memory_analysis of the step, GiB: arguments "
+        f"{memory.argument_size_in_bytes / 2**30:.2f}, outputs "
+        f"{memory.output_size_in_bytes / 2**30:.2f}, aliased "
+        f"{memory.alias_size_in_bytes / 2**30:.2f}, temporaries "
+        f"{memory.temp_size_in_bytes / 2**30:.2f}")
+  hostmem.release_free_memory()
+  report("malloc_trim")
+
+  one_program = jax.jit(lambda k: create_state(init_params(model, k)))(jax.random.key(0))
+  jax.block_until_ready(one_program)
+  report("one-program init (the former trainer's)")
+  del one_program
+  hostmem.release_free_memory()
+  report("dropped it, malloc_trim")
+
+  params = jax.jit(lambda k: init_params(model, k))(jax.random.key(0))
+  jax.block_until_ready(params)
+  hostmem.release_free_memory()
+  report("parameters (program 1), malloc_trim")
+  state = jax.jit(create_state, donate_argnums=0)(params)
+  jax.block_until_ready(state)
+  hostmem.release_free_memory()
+  report("moments (program 2), malloc_trim")
+  for index in range(args.steps):
+    state, metrics = compiled(state, batch, jax.random.fold_in(key, index), lr)
+    jax.block_until_ready((state, metrics))
+  report(f"{args.steps} training steps, batch {args.batch}")
+
+
+if __name__ == "__main__":
+  main()
