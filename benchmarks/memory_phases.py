@@ -23,6 +23,7 @@ from twelve_in_one.models import ViLBertForVLTasks, get_model_config, init_param
 from twelve_in_one.tasks import get_task
 from twelve_in_one.tasks.examples import random_batch
 from twelve_in_one.train import optimizer as opt
+from twelve_in_one.train import prng
 from twelve_in_one.train.steps import StepSettings, create_state, make_train_step
 
 
@@ -59,7 +60,7 @@ def main() -> None:
                                  opt.weight_decays(abstract, settings.optimizer), abstract),
                  donate_argnums=(0,))
   abstract_state = jax.eval_shape(lambda: create_state(init_params(model, jax.random.key(0))))
-  key, lr = jax.random.key(0, impl="rbg"), jnp.float32(1.0)
+  key, lr = prng.dropout_key(0, prng.COUNTER_HASH), jnp.float32(1.0)
   reset_peak_rss()
   compiled = step.lower(abstract_state, batch, key, lr).compile()
   report("compiled the step")

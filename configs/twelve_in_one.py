@@ -83,9 +83,10 @@ def get_config(arg=None):
   config = config_dict.ConfigDict()
   config.variant = variant
   config.seed = 0
-  # The PRNG of the dropout keys: "rbg" (fast to compile, identical across shardings) or
-  # "threefry2x32" (also identical across CPU/GPU/TPU). Parameter init always uses threefry.
-  config.prng_impl = "rbg"
+  # The PRNG of the dropout keys (`twelve_in_one/train/prng.py`): "counter_hash" (a keyed hash
+  # of each element's index, fused into the dropout; identical across shardings and backends),
+  # or JAX's "rbg", "unsafe_rbg", "threefry2x32". Parameter init always uses threefry.
+  config.prng_impl = "counter_hash"
 
   # `vocab_size` 0 keeps the preset's (30522, bert-base-uncased, except `tiny`); `dropout`
   # -1 keeps the preset's (BERT's 0.1), otherwise it sets all four dropout probabilities;

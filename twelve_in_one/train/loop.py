@@ -33,7 +33,7 @@ from twelve_in_one.models import ViLBertForVLTasks
 from twelve_in_one.models.vilbert import all_outputs, dummy_inputs, init_variables
 from twelve_in_one.tasks.registry import Task, loss_scale
 from twelve_in_one.train import optimizer as opt
-from twelve_in_one.train import distributed, sharding
+from twelve_in_one.train import distributed, prng, sharding
 from twelve_in_one.train.checkpoint import Checkpointer, abstract_like
 from twelve_in_one.train.dsg import DSGConfig
 from twelve_in_one.train.inputs import TaskData, synthetic_task_data, tfds_task_data
@@ -227,10 +227,10 @@ def train_and_evaluate(config, workdir: str, chance: dict[str, float] | None = N
                          in_shardings=(param_shardings, batch_sh),
                          out_shardings=(replicated, replicated))
 
-  # Dropout keys. "rbg" draws the bits with XLA's RngBitGenerator: the same bits under every
-  # sharding, and a step that compiles much faster on CPU than with threefry's unrolled rounds
-  # (BENCHMARKS.md); "threefry2x32" also gives the same bits on every backend.
-  base_key = jax.random.key(config.seed, impl=config.get("prng_impl", "threefry2x32"))
+  # Dropout keys (`train/prng.py`): "counter_hash" hashes each element's index inside the
+  # fused dropout (no random tensor in memory; the same bits under every sharding); "rbg" and
+  # "threefry2x32" are JAX's.
+  base_key = prng.dropout_key(config.seed, config.get("prng_impl", prng.COUNTER_HASH))
   # Compile before the state exists: the compiler's working memory and the state's (a few GiB
   # for `base`) then never add up in the peak RSS. A finished run skips this.
   if (checkpointer.latest_step() or 0) < total and schedule.kind != "summed":

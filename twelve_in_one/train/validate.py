@@ -8,7 +8,7 @@ import jax
 
 from twelve_in_one.models.config import ViLBertConfig, get_model_config
 from twelve_in_one.tasks.registry import Task, get_task
-from twelve_in_one.train import sharding
+from twelve_in_one.train import prng, sharding
 
 
 def resolve_tasks(config) -> list[Task]:
@@ -74,9 +74,7 @@ def validate_config(config, tasks: list[Task], mesh) -> None:
   if config.get("variant") == "finetune" and not config.init.checkpoint:
     raise ValueError("config variant finetune needs --config.init.checkpoint=PATH (the "
                      "multi-task model, e.g. multi_task_model.bin or a converted directory)")
-  if config.get("prng_impl", "threefry2x32") not in ("threefry2x32", "rbg", "unsafe_rbg"):
-    raise ValueError(f"config.prng_impl={config.prng_impl!r}; expected 'rbg', "
-                     "'threefry2x32' or 'unsafe_rbg'")
+  prng.resolve(config.get("prng_impl", prng.COUNTER_HASH))   # raises, naming the choices
   if config.schedule.num_epochs < 1:
     raise ValueError(f"config.schedule.num_epochs={config.schedule.num_epochs}; expected >= 1")
   if config.checkpoint.every_iterations < 1:
