@@ -8,21 +8,43 @@ from __future__ import annotations
 
 import re
 
+from twelve_in_one.models.encoder import pooled_only_layers
+from twelve_in_one.models.vilbert import TEXT_SEQUENCE_OUTPUTS, VISUAL_SEQUENCE_OUTPUTS
+
 
 # ----------------------------------------------------------------------------- hand count
-def gemm_flops(cfg, task, seq_len: int, num_regions: int) -> dict[str, float]:
+def gemm_flops(cfg, task, seq_len: int, num_regions: int,
+               first_position_only: bool = True) -> dict[str, float]:
   """Forward GEMM FLOPs (2·M·N·K per matmul) of one model row, by part.
 
   seq_len counts the task token (VQA: 24); num_regions per model row (101). Attention counts
   both batched matmuls (Q·Kᵀ and P·V). Gathers (word/position/type/task embeddings), LayerNorm,
   GELU, softmax, dropout and the loss are not GEMMs and are not counted.
+
+  `first_position_only` counts what our model runs: a stream's last layer at position 0 only
+  where the task reads that stream through its pooler alone (`encoder.pooled_only_layers`).
+  False counts every layer in full, as the official code runs them.
   """
   t, r = seq_len, num_regions
   h, hi, v, vi, bi = (cfg.hidden_size, cfg.intermediate_size, cfg.v_hidden_size,
                       cfg.v_intermediate_size, cfg.bi_hidden_size)
   mm = lambda m, n, k: 2.0 * m * n * k
-  text_layer = (mm(t, 3 * h, h) + mm(t, t, h) * 2 + mm(t, h, h) + mm(t, hi, h) + mm(t, h, hi))
-  visual_layer = (mm(r, 3 * v, v) + mm(r, r, v) * 2 + mm(r, v, v) + mm(r, vi, v) + mm(r, v, vi))
+
+  def layer(length, width, mlp, queries):
+    # Keys and values at every position; queries, attention, output and FFN at `queries`.
+    return (mm(length, 2 * width, width) + mm(queries, width, width)
+            + mm(queries, length, width) * 2 + mm(queries, width, width)
+            + mm(queries, mlp, width) + mm(queries, width, mlp))
+
+  pruned = set()
+  if first_position_only:
+    pruned = pooled_only_layers(cfg, task.output in TEXT_SEQUENCE_OUTPUTS,
+                                task.output in VISUAL_SEQUENCE_OUTPUTS)
+  text_layers = sum(layer(t, h, hi, 1 if ("t", i) in pruned else t)
+                    for i in range(cfg.num_hidden_layers))
+  visual_layers = sum(layer(r, v, vi, 1 if ("v", i) in pruned else r)
+                      for i in range(cfg.v_num_hidden_layers))
+  last = lambda stream: " (the last at position 0)" if any(k == stream for k, _ in pruned) else ""
   co_block = (mm(r, 3 * bi, v) + mm(t, 3 * bi, h)            # query1/key1/value1, query2/...
               + 2 * (mm(t, r, bi) * 2)                        # text->image and image->text
               + mm(r, v, bi) + mm(t, h, bi)                   # biOutput dense1, dense2
@@ -30,9 +52,8 @@ def gemm_flops(cfg, task, seq_len: int, num_regions: int) -> dict[str, float]:
               + mm(t, hi, h) + mm(t, h, hi))                  # t_intermediate, t_output
   parts = {
       f"image embeddings ({cfg.v_feature_size}->{v}, box 5->{v})": mm(r, v, cfg.v_feature_size) + mm(r, v, 5),
-      f"{cfg.num_hidden_layers} text layers @ {t} tokens": cfg.num_hidden_layers * text_layer,
-      f"{cfg.v_num_hidden_layers} visual layers @ {r} regions":
-          cfg.v_num_hidden_layers * visual_layer,
+      f"{cfg.num_hidden_layers} text layers @ {t} tokens{last('t')}": text_layers,
+      f"{cfg.v_num_hidden_layers} visual layers @ {r} regions{last('v')}": visual_layers,
       f"{cfg.num_co_attention_blocks} co-attention blocks": cfg.num_co_attention_blocks
                                                               * co_block,
       f"poolers ({h}->{bi}, {v}->{bi})": mm(1, bi, h) + mm(1, bi, v),
@@ -58,13 +79,15 @@ def rows_per_example(task) -> int:
   return task.images_per_example
 
 
-def training_gemm_flops(cfg, task, seq_len: int, num_regions: int) -> float:
+def training_gemm_flops(cfg, task, seq_len: int, num_regions: int,
+                        first_position_only: bool = True) -> float:
   """Per example: 3x the forward (dX and dW per GEMM), less the image embeddings' dX.
 
   The region features and boxes are inputs, not parameters, so the backward of the first
-  visual GEMMs computes only the weight gradient.
+  visual GEMMs computes only the weight gradient. (In a last layer at position 0 the keys'
+  and values' input gradient is still a full GEMM, so 3x stays exact.)
   """
-  parts = gemm_flops(cfg, task, seq_len, num_regions)
+  parts = gemm_flops(cfg, task, seq_len, num_regions, first_position_only)
   forward = sum(parts.values())
   no_dx = 2.0 * num_regions * cfg.v_hidden_size * (cfg.v_feature_size + 5)
   return (3 * forward - no_dx) * rows_per_example(task)

@@ -45,8 +45,9 @@ def run_official(spec, detect_anomaly: bool, huge_pages: bool) -> dict:
   result = json.loads(proc.stdout.strip().splitlines()[-1])
   seq_len = task.model_text_length(cfg.task_specific_tokens)
   heads = pretraining_heads_flops(cfg, seq_len, task.max_region_num)
-  ours = (training_gemm_flops(cfg, task, seq_len, task.max_region_num) if spec.mode == "train"
-          else sum(gemm_flops(cfg, task, seq_len, task.max_region_num).values()))
+  ours = (training_gemm_flops(cfg, task, seq_len, task.max_region_num, first_position_only=False)
+          if spec.mode == "train"
+          else sum(gemm_flops(cfg, task, seq_len, task.max_region_num, False).values()))
   result["gemm_flops_per_example"] = ours + heads
   result["achieved_flops"] = result["gemm_flops_per_example"] * result["examples_per_s"]
   result["fraction_of_matmul"] = result["achieved_flops"] / result["matmul_flops"]

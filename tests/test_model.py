@@ -8,9 +8,10 @@ from flax import traverse_util
 
 from twelve_in_one.models import (ALL_OUTPUTS, TASK_OUTPUTS, ViLBertForVLTasks, base_config,
                                   init_params, logical_param_specs, tiny_config)
-from twelve_in_one.models.encoder import encoder_schedule
+from twelve_in_one.models.encoder import encoder_schedule, pooled_only_layers
 from twelve_in_one.tasks import TASKS, get_task
 from twelve_in_one.tasks.examples import random_batch
+from twelve_in_one.tasks import model_inputs
 from twelve_in_one.train.objective import task_loss, task_outputs
 
 # The official `bert_base_6layer_6conect` VILBertForVLTasks with task tokens and the
@@ -244,3 +245,38 @@ def test_remat_keeps_parameters_loss_and_gradients(tiny):
     # Recomputation reorders float32 sums: differences stay at rounding level of the largest
     # gradient (key biases, whose true gradient is zero, are pure rounding noise).
     assert float(jnp.abs(g - h).max()) <= 1e-6 * scale, path
+
+
+def test_pooled_only_tasks_compute_the_last_layers_at_position_zero(tiny):
+  """Without sequence outputs the last text/visual layers run at position 0: same values."""
+  model, params = tiny
+  cfg = model.config
+  # tiny's schedule ends "... c1 v2 t4": both last layers follow the last block.
+  assert pooled_only_layers(cfg, False, False) == {("v", 2), ("t", 4)}
+  assert pooled_only_layers(cfg, True, False) == {("v", 2)}
+  assert pooled_only_layers(cfg, True, True) == set()
+  # A visual stream whose last layer feeds the last block cannot be cut.
+  assert pooled_only_layers(tiny_config(v_biattention_id=(0, 3)), False, False) == {("t", 4)}
+  task = get_task("vqa")
+  batch = random_batch(task, 4, vocab_size=cfg.vocab_size, feature_size=cfg.v_feature_size,
+                       num_vqa_answers=cfg.num_vqa_answers, num_gqa_answers=cfg.num_gqa_answers)
+  batch["input_mask"][1, -3:] = 0
+  batch["image_mask"][2, -5:] = 0
+  inputs = dict(model_inputs(task, batch), task_ids=task.task_id)
+  pooled = ("vil_prediction", "pooled_output_t", "pooled_output_v")
+  full = model.apply({"params": params}, **inputs,
+                     outputs=pooled + ("sequence_output_t", "sequence_output_v"))
+  cut = model.apply({"params": params}, **inputs, outputs=pooled)
+  grounding = model.apply({"params": params}, **inputs, outputs=("vision_logit",))
+  reference = model.apply({"params": params}, **inputs,
+                          outputs=("vision_logit", "sequence_output_t"))
+  for name in pooled:
+    np.testing.assert_allclose(cut[name], full[name], rtol=1e-6, atol=1e-6, err_msg=name)
+  np.testing.assert_allclose(grounding["vision_logit"], reference["vision_logit"], rtol=1e-6,
+                             atol=1e-6)
+  # The cut really computes less: fewer FLOPs in the compiled forward.
+  flops = lambda outputs: jax.jit(lambda p: model.apply({"params": p}, **inputs,
+                                                        outputs=outputs)).lower(
+      params).compile().cost_analysis()["flops"]
+  assert flops(pooled) < flops(pooled + ("sequence_output_v",)) < flops(
+      pooled + ("sequence_output_v", "sequence_output_t"))

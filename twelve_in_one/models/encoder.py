@@ -37,9 +37,37 @@ def encoder_schedule(config: ViLBertConfig) -> list[tuple[str, int]]:
   return order
 
 
+def pooled_only_layers(config: ViLBertConfig, keep_text_sequence: bool,
+                       keep_visual_sequence: bool) -> set[tuple[str, int]]:
+  """The schedule entries that need compute only position 0 (see `Encoder`).
+
+  A stream's last layer qualifies when it runs after the last co-attention block (so nothing
+  but the stream's own output reads it) and that stream's sequence output is not wanted: the
+  pooler reads position 0 only. Earlier layers feed every position of later ones (as keys and
+  values), so they always run in full.
+  """
+  order = encoder_schedule(config)
+  last_block = max(i for i, (kind, _) in enumerate(order) if kind == "c")
+  pruned = set()
+  for stream, keep in (("t", keep_text_sequence), ("v", keep_visual_sequence)):
+    positions = [i for i, (kind, _) in enumerate(order) if kind == stream]
+    if not keep and positions and positions[-1] > last_block:
+      pruned.add(order[positions[-1]])
+  return pruned
+
+
 class Encoder(nn.Module):
-  """Text layers `layer_i`, visual layers `v_layer_j` and co-attention blocks `c_layer_k`."""
+  """Text layers `layer_i`, visual layers `v_layer_j` and co-attention blocks `c_layer_k`.
+
+  `keep_text_sequence` / `keep_visual_sequence` False: that stream's output is needed at
+  position 0 only (for its pooler), so its last layer computes that position alone
+  (`pooled_only_layers`) and its `sequence_output_*` is left out. That spares, for a VQA
+  example, the queries, output projections and FFNs of 100 regions and 23 tokens (about 5% of
+  the training FLOPs) without changing any value that is computed.
+  """
   config: ViLBertConfig
+  keep_text_sequence: bool = True
+  keep_visual_sequence: bool = True
 
   @nn.compact
   def __call__(self, text: jax.Array, text_mask: jax.Array, visual: jax.Array,
@@ -56,13 +84,15 @@ class Encoder(nn.Module):
       # layer, 5 of a block, counting the module itself) is a Python bool, hence static.
       layer_cls = nn.remat(TransformerLayer, static_argnums=(3,))
       block_cls = nn.remat(CoAttentionBlock, static_argnums=(5,))
+    pruned = pooled_only_layers(cfg, self.keep_text_sequence, self.keep_visual_sequence)
     for kind, index in encoder_schedule(cfg):
+      first_only = (kind, index) in pruned
       if kind == "t":
-        text = layer_cls(cfg, text_stream, name=f"layer_{index}")(
-            text, text_bias, deterministic)
+        text = layer_cls(cfg, text_stream, first_position_only=first_only,
+                         name=f"layer_{index}")(text, text_bias, deterministic)
       elif kind == "v":
         visual = layer_cls(cfg, visual_stream, cfg.dynamic_attention,
-                           name=f"v_layer_{index}")(
+                           first_position_only=first_only, name=f"v_layer_{index}")(
             visual, visual_bias, deterministic, text, text_mask)
       else:
         if index == 0:
@@ -72,8 +102,12 @@ class Encoder(nn.Module):
           extras["visual_before_coattention"] = visual
         visual, text = block_cls(cfg, name=f"c_layer_{index}")(
             visual, visual_bias, text, text_bias, deterministic)
-    extras["sequence_output_t"] = text
-    extras["sequence_output_v"] = visual
+    # Position 0 of each stream always (the poolers read it); whole sequences when kept.
+    extras["first_position_t"], extras["first_position_v"] = text[:, :1], visual[:, :1]
+    if self.keep_text_sequence:
+      extras["sequence_output_t"] = text
+    if self.keep_visual_sequence:
+      extras["sequence_output_v"] = visual
     return extras
 
 
@@ -92,8 +126,13 @@ class Pooler(nn.Module):
 
 
 class ViLBertBackbone(nn.Module):
-  """Embeddings, encoder and both poolers. Returns every intermediate by name."""
+  """Embeddings, encoder and both poolers. Returns every intermediate by name.
+
+  `keep_*_sequence` as in `Encoder`: False leaves that `sequence_output_*` out.
+  """
   config: ViLBertConfig
+  keep_text_sequence: bool = True
+  keep_visual_sequence: bool = True
 
   @nn.compact
   def __call__(self, input_ids: jax.Array, segment_ids: jax.Array, input_mask: jax.Array,
@@ -107,12 +146,13 @@ class ViLBertBackbone(nn.Module):
       # the same mask because [CLS] is always real.
       input_mask = jnp.concatenate([jnp.ones_like(input_mask[:, :1]), input_mask], axis=1)
     visual = ImageEmbeddings(cfg, name="v_embeddings")(image_feat, image_loc, deterministic)
-    outputs = Encoder(cfg, name="encoder")(text, input_mask, visual, image_mask, deterministic)
+    outputs = Encoder(cfg, self.keep_text_sequence, self.keep_visual_sequence,
+                      name="encoder")(text, input_mask, visual, image_mask, deterministic)
     outputs["embedding_output"] = text
     outputs["v_embedding_output"] = visual
     outputs["pooled_output_t"] = Pooler(cfg, "embed_t", name="t_pooler")(
-        outputs["sequence_output_t"])
+        outputs.pop("first_position_t"))
     outputs["pooled_output_v"] = Pooler(cfg, "embed_v", name="v_pooler")(
-        outputs["sequence_output_v"])
+        outputs.pop("first_position_v"))
     outputs["text_mask"] = input_mask
     return outputs

@@ -55,14 +55,16 @@ class SelfAttention(nn.Module):
 
   @nn.compact
   def __call__(self, hidden: jax.Array, mask_bias: jax.Array, deterministic: bool,
-               text_hidden: jax.Array | None = None,
-               text_mask: jax.Array | None = None) -> jax.Array:
+               text_hidden: jax.Array | None = None, text_mask: jax.Array | None = None,
+               num_queries: int | None = None) -> jax.Array:
+    """Attends from the first `num_queries` positions (all when None) over every position."""
     cfg, stream = self.config, self.stream
     dtype = layers.compute_dtype(cfg.dtype)
     axes = (stream.embed_axis, "qkv")
     proj = lambda name: layers.dense(stream.width, axes, name=name, dtype=dtype,
                                      init_std=cfg.initializer_range)
-    query, key, value = proj("query")(hidden), proj("key")(hidden), proj("value")(hidden)
+    queries = hidden if num_queries is None else hidden[:, :num_queries]
+    query, key, value = proj("query")(queries), proj("key")(hidden), proj("value")(hidden)
     if self.dynamic:
       mask = text_mask.astype(text_hidden.dtype)[..., None]
       pooled = (text_hidden * mask).sum(1) / mask.sum(1)
@@ -87,21 +89,29 @@ class Attention(nn.Module):
   dynamic: bool = False
 
   @nn.compact
-  def __call__(self, hidden, mask_bias, deterministic, text_hidden=None, text_mask=None):
+  def __call__(self, hidden, mask_bias, deterministic, text_hidden=None, text_mask=None,
+               num_queries=None):
     cfg, stream = self.config, self.stream
     context = SelfAttention(cfg, stream, self.dynamic, name="self")(
-        hidden, mask_bias, deterministic, text_hidden, text_mask)
+        hidden, mask_bias, deterministic, text_hidden, text_mask, num_queries)
+    residual = hidden if num_queries is None else hidden[:, :num_queries]
     return layers.ResidualOutput(stream.width, ("qkv", stream.embed_axis),
                                  stream.hidden_dropout, layers.compute_dtype(cfg.dtype),
                                  cfg.initializer_range, cfg.layer_norm_eps,
-                                 name="output")(context, hidden, deterministic)
+                                 name="output")(context, residual, deterministic)
 
 
 class TransformerLayer(nn.Module):
-  """One post-LN transformer layer of either stream (`BertLayer` / `BertImageLayer`)."""
+  """One post-LN transformer layer of either stream (`BertLayer` / `BertImageLayer`).
+
+  With `first_position_only` the layer computes its output at position 0 alone, attending over
+  every position: the same values there, returned as [B, 1, W]. The encoder asks for it in a
+  stream's last layer when only the pooler (position 0) reads that layer's output.
+  """
   config: ViLBertConfig
   stream: Stream
   dynamic: bool = False
+  first_position_only: bool = False
 
   @nn.compact
   def __call__(self, hidden: jax.Array, mask_bias: jax.Array, deterministic: bool,
@@ -110,7 +120,8 @@ class TransformerLayer(nn.Module):
     cfg, stream = self.config, self.stream
     dtype = layers.compute_dtype(cfg.dtype)
     attended = Attention(cfg, stream, self.dynamic, name="attention")(
-        hidden, mask_bias, deterministic, text_hidden, text_mask)
+        hidden, mask_bias, deterministic, text_hidden, text_mask,
+        1 if self.first_position_only else None)
     inner = layers.Intermediate(stream.mlp_width, (stream.embed_axis, "mlp"), dtype,
                                 cfg.initializer_range, name="intermediate")(attended)
     inner = layers.constrain(inner, ("batch", stream.seq_axis, "act_mlp"))

@@ -51,6 +51,10 @@ BACKBONE_OUTPUTS = ("embedding_output", "v_embedding_output", "sequence_output_t
                     "sequence_output_v", "pooled_output_t", "pooled_output_v", "pooled",
                     "text_before_coattention", "visual_before_coattention")
 ALL_OUTPUTS = TASK_OUTPUTS + PRETRAINING_OUTPUTS + BACKBONE_OUTPUTS
+# The outputs that read every position of a stream's last layer; without any of them, that
+# layer computes position 0 only (`encoder.pooled_only_layers`).
+TEXT_SEQUENCE_OUTPUTS = frozenset({"sequence_output_t", "linguisic_prediction"})
+VISUAL_SEQUENCE_OUTPUTS = frozenset({"sequence_output_v", "vision_logit", "vision_prediction"})
 
 
 def _check_shape(name: str, array, expected: tuple, meaning: str) -> None:
@@ -137,7 +141,9 @@ class ViLBertForVLTasks(nn.Module):
     image_feat = image_feat.astype(layers.compute_dtype(cfg.dtype))
     image_loc = image_loc.astype(layers.compute_dtype(cfg.dtype))
 
-    backbone = ViLBertBackbone(cfg, name="bert")(input_ids, segment_ids, input_mask, task_ids,
+    backbone = ViLBertBackbone(cfg, bool(wanted & TEXT_SEQUENCE_OUTPUTS),
+                               bool(wanted & VISUAL_SEQUENCE_OUTPUTS),
+                               name="bert")(input_ids, segment_ids, input_mask, task_ids,
                                                  image_feat, image_loc, image_mask,
                                                  deterministic)
     pooled_t, pooled_v = backbone["pooled_output_t"], backbone["pooled_output_v"]
