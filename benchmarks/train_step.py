@@ -27,7 +27,7 @@ the machine's matmul rate *in the same run* (the machine is shared and noisy).
 FLOPs per example are XLA's (`compiled.cost_analysis()["flops"]`: every op, GEMMs plus the
 element-wise work), the dot FLOPs read from the compiled HLO, and a hand count of the GEMMs
 (`gemm_flops` below, printed per part). "Achieved" uses the hand-counted GEMM FLOPs of what
-our step runs (a pooled-only task's last layers at position 0 only: 63.3 GFLOP per VQA training
+our step runs (a pooled-only task's last layers at position 0 only: 63.4 GFLOP per VQA training
 example), the same convention as the official-code anchor in issue 8 (68.6 GFLOP per training
 example, GEMMs only, every layer in full and the pretraining heads). With `--peak_tflops` (e.g. 790 for an H200 in bf16) the MFU is printed too.
 

@@ -280,3 +280,26 @@ def test_pooled_only_tasks_compute_the_last_layers_at_position_zero(tiny):
       params).compile().cost_analysis()["flops"]
   assert flops(pooled) < flops(pooled + ("sequence_output_v",)) < flops(
       pooled + ("sequence_output_v", "sequence_output_t"))
+
+
+def test_pooled_only_cut_keeps_the_loss_and_gradients(tiny):
+  """Training through the cut last layers: the same loss and gradients as the full layers."""
+  model, params = tiny
+  cfg = model.config
+  task = get_task("vqa")
+  batch = random_batch(task, 4, vocab_size=cfg.vocab_size, feature_size=cfg.v_feature_size,
+                       num_vqa_answers=cfg.num_vqa_answers, num_gqa_answers=cfg.num_gqa_answers)
+
+  def loss_and_grads(extra_outputs):
+    def loss(p):
+      outputs = task_outputs(model.apply, p, task, batch, extra_outputs=extra_outputs)
+      return task.head.loss(outputs, batch, task)
+    return jax.jit(jax.value_and_grad(loss))(params)
+
+  (cut_loss, cut), (full_loss, full) = (loss_and_grads(()), loss_and_grads(
+      ("sequence_output_t", "sequence_output_v")))
+  np.testing.assert_allclose(float(cut_loss), float(full_loss), rtol=1e-6)
+  scale = max(float(jnp.abs(g).max()) for g in jax.tree.leaves(full))
+  cut_flat = traverse_util.flatten_dict(cut, sep="/")
+  for path, g in traverse_util.flatten_dict(full, sep="/").items():
+    assert float(jnp.abs(g - cut_flat[path]).max()) <= 1e-6 * scale, path
