@@ -76,7 +76,12 @@ def test_minilm_text_stream_matches_transformers():
                  batch["attention_mask"], np.ones((rows, 2), np.int32))
   ours = np.asarray(ours["text_before_coattention"])
   assert ours.shape == expected.shape
-  assert np.abs(ours - expected).max() <= 1e-5
+  # float32 through 6 layers, with each framework's own GEMM kernels: the difference depends on
+  # the CPU (about 4e-6 on an AVX2 machine, 1.3e-5 on an AVX-512 one, for outputs up to 5.4),
+  # so it is bounded relative to the outputs' scale (1e-5 of it is about 100 float32 ulps).
+  scale = float(np.abs(expected).max())
+  error = float(np.abs(ours - expected).max())
+  assert error <= 1e-5 * scale, (error, scale)
 
 
 def test_bert_for_pretraining_names_from_a_torch_file(tmp_path):
