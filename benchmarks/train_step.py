@@ -29,7 +29,8 @@ element-wise work), the dot FLOPs read from the compiled HLO, and a hand count o
 (`gemm_flops` below, printed per part). "Achieved" uses the hand-counted GEMM FLOPs of what
 our step runs (a pooled-only task's last layers at position 0 only: 63.4 GFLOP per VQA training
 example), the same convention as the official-code anchor in issue 8 (68.6 GFLOP per training
-example, GEMMs only, every layer in full and the pretraining heads). With `--peak_tflops` (e.g. 790 for an H200 in bf16) the MFU is printed too.
+example, GEMMs only, every layer in full and the pretraining heads). With `--peak_tflops`
+(e.g. 790 for an H200 in bf16) the MFU is printed too.
 
 `--official` times, right after each VQA float32 measurement, the official PyTorch step on the
 same batch in a fresh process (`official_step.py`): the official model, loss, backward and
