@@ -51,8 +51,8 @@ def _flat(params):
 # ------------------------------------------------------------------ one sharded step
 
 
-def _one_step(mesh_sizes, rules, devices=None):
-  model = ViLBertForVLTasks(tiny_config(bi_hidden_size=24))
+def _one_step(mesh_sizes, rules, devices=None, remat=False):
+  model = ViLBertForVLTasks(tiny_config(bi_hidden_size=24, remat=remat))
   params = init_params(model, jax.random.key(0))
   task = get_task("vqa")
   batch = random_batch(task, 8, vocab_size=1000, seq_len=6, num_regions=5)
@@ -74,13 +74,14 @@ def _one_step(mesh_sizes, rules, devices=None):
   return _flat(new_state.params), float(metrics["loss"])
 
 
-@pytest.mark.parametrize("preset", ["fsdp", "dp_tp"])
-def test_sharded_step_equals_single_device(preset):
+@pytest.mark.parametrize("preset,remat", [("fsdp", False), ("dp_tp", False), ("fsdp", True)])
+def test_sharded_step_equals_single_device(preset, remat):
+  """The same step on a mesh (and, with `remat`, recomputing each layer) as on one device."""
   mesh_presets = _config_module()._mesh_preset
   single, single_loss = _one_step({"data": 1, "fsdp": 1, "tensor": 1}, [],
                                   devices=jax.devices()[:1])
   sizes, rules = mesh_presets(preset)
-  sharded, sharded_loss = _one_step(sizes, rules)
+  sharded, sharded_loss = _one_step(sizes, rules, remat=remat)
   assert abs(single_loss - sharded_loss) <= 1e-5 * abs(single_loss)
   for name, value in single.items():
     np.testing.assert_allclose(sharded[name], value, rtol=1e-5, atol=1e-5, err_msg=name)

@@ -72,10 +72,11 @@ class ViLBertConfig:
   # Attention kernel: "einsum" (the reference math, written out) or "dot_product_attention"
   # (jax.nn.dot_product_attention, which XLA may fuse). Same function, different kernels.
   attention_impl: str = "einsum"
-  # Rematerialise each text, visual and co-attention layer in the backward pass (jax.checkpoint):
-  # only layer inputs need keeping, for about a fifth more compute. Same parameters and the
-  # same function; an option for large batches on accelerators. XLA:CPU keeps the recomputed
-  # activations live anyway (no memory saved there; BENCHMARKS.md).
+  # Rematerialise each text, visual and co-attention layer in the backward pass
+  # (`models/remat.py`): only layer inputs are kept, and each layer is recomputed once the
+  # cotangent from above exists, for one more forward's compute. Same parameters, the same
+  # dropout masks and the same function; an option for large batches (on CPU the step's
+  # temporaries fall from 3.69 to 0.69 GiB at batch 32; BENCHMARKS.md).
   remat: bool = False
 
   def __post_init__(self):

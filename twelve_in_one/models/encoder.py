@@ -20,6 +20,7 @@ from twelve_in_one.models import layers
 from twelve_in_one.models.co_attention import CoAttentionBlock
 from twelve_in_one.models.config import ViLBertConfig
 from twelve_in_one.models.embeddings import ImageEmbeddings, TextEmbeddings
+from twelve_in_one.models.remat import recompute_in_backward
 from twelve_in_one.models.transformer import Stream, TransformerLayer
 
 
@@ -78,30 +79,33 @@ class Encoder(nn.Module):
     text_bias = layers.additive_mask(text_mask, dtype)
     visual_bias = layers.additive_mask(visual_mask, dtype)
     extras: dict[str, jax.Array] = {}
-    layer_cls, block_cls = TransformerLayer, CoAttentionBlock
-    if cfg.remat:
-      # The lifted modules keep their names and parameters; `deterministic` (argument 3 of a
-      # layer, 5 of a block, counting the module itself) is a Python bool, hence static.
-      layer_cls = nn.remat(TransformerLayer, static_argnums=(3,))
-      block_cls = nn.remat(CoAttentionBlock, static_argnums=(5,))
+    def run(module: nn.Module, *args, deterministic_at: int):
+      # `deterministic`, a Python bool, is static in the recomputation. Remat keeps each
+      # module's name and parameters.
+      if cfg.remat and not self.is_initializing():
+        return recompute_in_backward(module, *args, static_argnums=(deterministic_at,))
+      return module(*args)
+
     pruned = pooled_only_layers(cfg, self.keep_text_sequence, self.keep_visual_sequence)
     for kind, index in encoder_schedule(cfg):
       first_only = (kind, index) in pruned
       if kind == "t":
-        text = layer_cls(cfg, text_stream, first_position_only=first_only,
-                         name=f"layer_{index}")(text, text_bias, deterministic)
+        text = run(TransformerLayer(cfg, text_stream, first_position_only=first_only,
+                                    name=f"layer_{index}"), text, text_bias, deterministic,
+                   deterministic_at=2)
       elif kind == "v":
-        visual = layer_cls(cfg, visual_stream, cfg.dynamic_attention,
-                           first_position_only=first_only, name=f"v_layer_{index}")(
-            visual, visual_bias, deterministic, text, text_mask)
+        visual = run(TransformerLayer(cfg, visual_stream, cfg.dynamic_attention,
+                                      first_position_only=first_only, name=f"v_layer_{index}"),
+                     visual, visual_bias, deterministic, text, text_mask, deterministic_at=2)
       else:
         if index == 0:
           # What enters the first co-attention block: for a BERT-initialised text stream
           # this is exactly BERT's output after `t_biattention_id[0]` layers.
           extras["text_before_coattention"] = text
           extras["visual_before_coattention"] = visual
-        visual, text = block_cls(cfg, name=f"c_layer_{index}")(
-            visual, visual_bias, text, text_bias, deterministic)
+        visual, text = run(CoAttentionBlock(cfg, name=f"c_layer_{index}"),
+                           visual, visual_bias, text, text_bias, deterministic,
+                           deterministic_at=4)
     # Position 0 of each stream always (the poolers read it); whole sequences when kept.
     extras["first_position_t"], extras["first_position_v"] = text[:, :1], visual[:, :1]
     if self.keep_text_sequence:
