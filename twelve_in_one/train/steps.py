@@ -51,19 +51,28 @@ def _used_modules(task: Task) -> set[str]:
   return {"bert", task.output}
 
 
-def _accumulated_grads(loss_fn: Callable, params: Any, batch: dict, steps: int):
-  """Gradient of the mean loss over `steps` equal micro-batches (memory, not math, changes)."""
+def _accumulated_grads(loss_fn: Callable, params: Any, batch: dict, rng: jax.Array,
+                       steps: int):
+  """Gradient of the mean loss over `steps` equal micro-batches (memory, not math, changes).
+
+  `loss_fn(params, batch, rng)`. Micro-batch `i` draws its dropout from `fold_in(rng, i)`:
+  with one key for all, example `j` of every micro-batch would get the same masks, since the
+  masks are a function of the key and the position in the (micro-)batch.
+  """
   if steps == 1:
-    return jax.value_and_grad(loss_fn, has_aux=True)(params, batch)
+    return jax.value_and_grad(loss_fn, has_aux=True)(params, batch, rng)
   micro = jax.tree.map(lambda x: x.reshape((steps, x.shape[0] // steps) + x.shape[1:]), batch)
 
-  def body(carry, micro_batch):
-    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, micro_batch)
+  def body(carry, micro_batch_and_index):
+    micro_batch, index = micro_batch_and_index
+    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        params, micro_batch, jax.random.fold_in(rng, index))
     total_loss, total_grads = carry
     return (total_loss + loss, jax.tree.map(jnp.add, total_grads, grads)), aux
 
   zeros = jax.tree.map(jnp.zeros_like, params)
-  (loss, grads), auxes = jax.lax.scan(body, (jnp.zeros(()), zeros), micro)
+  (loss, grads), auxes = jax.lax.scan(body, (jnp.zeros(()), zeros),
+                                      (micro, jnp.arange(steps, dtype=jnp.uint32)))
   aux = {"loss": auxes["loss"].mean(), "scores": auxes["scores"].reshape(-1)}
   return (loss / steps, aux), jax.tree.map(lambda g: g / steps, grads)
 
@@ -79,8 +88,8 @@ def make_train_step(apply_fn: Callable, task: Task, settings: StepSettings, lrs:
 
   def step(state: TrainState, batch: dict, rng: jax.Array, lr_multiplier: jax.Array):
     with nn.logical_axis_rules(settings.rules):
-      (_, aux), grads = _accumulated_grads(lambda p, b: loss_fn(p, b, rng), state.params,
-                                           batch, settings.grad_accum_steps)
+      (_, aux), grads = _accumulated_grads(loss_fn, state.params, batch, rng,
+                                           settings.grad_accum_steps)
     params, opt_state = opt.apply_update(state.params, grads, state.opt_state, lr_multiplier,
                                          config=settings.optimizer, lrs=lrs, decays=decays,
                                          active=active)
