@@ -6,6 +6,7 @@ import os
 import signal
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import traverse_util
@@ -94,7 +95,6 @@ def test_sharded_step_equals_single_device(preset):
 def test_accumulation_averages_micro_batches_each_with_its_own_key():
   """4 micro-batches give the full batch's mean loss and gradient, and micro-batch i draws
   from fold_in(rng, i) (one shared key would repeat example j's dropout masks)."""
-  import jax.numpy as jnp
   rng = jax.random.key(7)
   batch = {"x": np.arange(24, dtype=np.float32).reshape(8, 3) / 10.0}
   params = {"w": jnp.array([0.5, -1.0, 2.0])}

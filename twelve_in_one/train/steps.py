@@ -53,9 +53,10 @@ def _used_modules(task: Task) -> set[str]:
 
 def _accumulated_grads(loss_fn: Callable, params: Any, batch: dict, rng: jax.Array,
                        steps: int):
-  """Gradient of the mean loss over `steps` equal micro-batches (memory, not math, changes).
+  """Gradient of the mean loss over `steps` equal micro-batches.
 
-  `loss_fn(params, batch, rng)`. Micro-batch `i` draws its dropout from `fold_in(rng, i)`:
+  The same objective as one batch; what changes is the memory, the float32 summation order and
+  the dropout draws. `loss_fn(params, batch, rng)`. Micro-batch `i` draws from `fold_in(rng, i)`:
   with one key for all, example `j` of every micro-batch would get the same masks, since the
   masks are a function of the key and the position in the (micro-)batch.
   """
