@@ -32,7 +32,7 @@ setup(
     extras_require={
         # torch==2.13.0 is the CPU wheel this project is tested with (and that is available
         # offline on our CI machines); transformers gives the BERT reference for parity tests.
-        "test": ["pytest>=8", "torch==2.13.0", "transformers>=4.40"],
+        "test": ["pytest>=8", "pytest-xdist>=3.5", "torch==2.13.0", "transformers>=4.40"],
         "tpu": ["jax[tpu]>=0.10.0,<0.11"],
     },
     entry_points={"console_scripts": ["twelve-in-one=twelve_in_one.cli:main"]},

@@ -67,3 +67,18 @@ def tiny_straight_run(tmp_path_factory):
   result = loop_lib.train_and_evaluate(config, str(workdir))
   assert not result.preempted and result.iterations == 6
   return workdir, _flat(result.state.params)
+
+
+# The README runs the suite on two pytest-xdist workers, one test file at a time each
+# (`-n 2 --dist loadfile`). Files are handed out in collection order, so the longest ones
+# (whole training runs: minutes of XLA compilation each) go first; otherwise the largest,
+# test_train.py, would start last and finish alone. Without xdist the order is harmless.
+_LONGEST_FIRST = ("test_train.py", "test_main_job.py", "test_train_processes.py",
+                  "test_model.py", "test_evaluate.py")
+
+
+def pytest_collection_modifyitems(items):
+  def rank(item):
+    name = item.path.name
+    return _LONGEST_FIRST.index(name) if name in _LONGEST_FIRST else len(_LONGEST_FIRST)
+  items.sort(key=rank)   # stable: the order within a file, and among the rest, is kept
