@@ -6,8 +6,9 @@ For each text-stream width, the tiny preset's VQA loss gradient (dropout on, the
 dropout keys the trainer uses, one CPU device) is lowered and compiled with the test suite's
 XLA flags (`--xla_backend_optimization_level=0`), and the script prints the compile time
 (best and worst of `--repeats`), the optimized HLO's size and how many of its fusions read
-ops from four or more encoder layers: XLA:CPU fuses a LayerNorm of rows at most 32 wide into
-its consumers, so at such widths the residual stream is recomputed inside each fusion.
+ops from four or more encoder layers: XLA:CPU fuses a narrow LayerNorm into
+its consumers (30 wide still, 36 no longer), so the residual stream is then recomputed
+inside each fusion.
 Each compile is of a fresh function, so XLA's in-memory cache cannot answer it; the
 persistent cache is off unless `JAX_COMPILATION_CACHE_DIR` is set.
 """
