@@ -2,7 +2,8 @@
 
     .venv/bin/python benchmarks/train_step.py [--batch_sizes=8,32] [--tasks=vqa,refcoco]
         [--other_batch_sizes=8] [--dtype=float32|bfloat16] [--attention_impl=einsum]
-        [--repeats=5] [--inference=32] [--config=base] [--prng_impl=counter_hash] [--remat]
+        [--repeats=5] [--inference=32] [--config=base] [--prng_impl=counter_hash]
+        [--remat[=all|text,visual,coattention]]
         [--grad_accum=1] [--official [--official_detect_anomaly]] [--rounds=1]
         [--wait_for="twelve-in-one train"] [--peak_tflops=0] [--json_out=FILE]
 
@@ -80,7 +81,7 @@ class Spec:
   repeats: int
   warmup: int
   prng_impl: str
-  remat: bool
+  remat: str
   grad_accum: int
   matmul_size: int
   matmul_repeats: int
@@ -338,8 +339,10 @@ def main(argv=None) -> None:
   parser.add_argument("--grad_accum", type=int, default=1,
                       help="micro-batches per step (config.optimizer.grad_accum_steps): the "
                            "same update from a scan over equal slices of the batch")
-  parser.add_argument("--remat", action="store_true",
-                      help="rematerialise each layer in the backward pass (config.model.remat)")
+  parser.add_argument("--remat", nargs="?", const="all", default="none",
+                      help="layers to rematerialise in the backward pass (config.model.remat): "
+                      "bare --remat for all, or a comma-separated subset of text, visual, "
+                      "coattention")
   parser.add_argument("--matmul_size", type=int, default=2048)
   parser.add_argument("--matmul_repeats", type=int, default=10)
   parser.add_argument("--host_batch", action="store_true",

@@ -90,11 +90,13 @@ def get_config(arg=None):
 
   # `vocab_size` 0 keeps the preset's (30522, bert-base-uncased, except `tiny`); `dropout`
   # -1 keeps the preset's (BERT's 0.1), otherwise it sets all four dropout probabilities;
-  # `remat` recomputes each layer in the backward pass (the step's temporaries 3.69 -> 0.69
-  # GiB at batch 32 on CPU, for one more forward's compute; see BENCHMARKS.md).
+  # `remat` recomputes layers in the backward pass: "all" (or True) every layer (the step's
+  # temporaries 3.69 -> 0.69 GiB at batch 32 on CPU, for one more forward's compute), or a
+  # comma-separated subset of "text", "visual", "coattention"; "none" keeps every activation
+  # (see BENCHMARKS.md). A string, so that `--config.model.remat=coattention` parses.
   config.model = config_dict.ConfigDict(dict(
       name="base", dtype="float32", attention_impl="einsum", task_specific_tokens=True,
-      vocab_size=0, dropout=-1.0, remat=False))
+      vocab_size=0, dropout=-1.0, remat="none"))
 
   config.tasks = ",".join(TWELVE)
   config.task_settings = _task_settings(TWELVE)

@@ -220,6 +220,18 @@ def test_fused_attention_kernel_matches_einsum(tiny):
     np.testing.assert_allclose(a[name], b[name], rtol=1e-5, atol=1e-4, err_msg=name)
 
 
+def test_remat_choices_are_parsed_and_bad_ones_named():
+  assert tiny_config(remat=True).remat == "text,visual,coattention"
+  assert tiny_config(remat="ALL").remat_kinds == {"t", "v", "c"}
+  for off in (False, "", "none", "False"):
+    assert tiny_config(remat=off).remat_kinds == frozenset()
+  # Order-insensitive, so two spellings of one choice compare (and cache) equal.
+  assert tiny_config(remat="coattention, text").remat == "text,coattention"
+  assert tiny_config(remat="visual").remat_kinds == {"v"}
+  with pytest.raises(ValueError, match=r"remat='text,ffn' names unknown layer kind\(s\) \['ffn'\]"):
+    tiny_config(remat="text,ffn")
+
+
 def test_remat_keeps_parameters_loss_and_gradients(tiny):
   """`remat=True` recomputes layers in the backward pass: same tree, same loss, same grads."""
   model, params = tiny
@@ -238,6 +250,11 @@ def test_remat_keeps_parameters_loss_and_gradients(tiny):
 
   (loss, grads), (remat_loss, remat_grads) = loss_and_grads(model), loss_and_grads(remat)
   assert float(loss) == float(remat_loss)          # dropout masks and forward unchanged
+  assert_grads_match(grads, remat_grads)
+
+
+def assert_grads_match(grads, remat_grads) -> None:
+  """Remat's gradients equal the plain ones to float32 rounding of the largest gradient."""
   scale = max(float(jnp.abs(g).max()) for g in jax.tree.leaves(grads))
   remat_flat = traverse_util.flatten_dict(remat_grads, sep="/")
   for path, g in traverse_util.flatten_dict(grads, sep="/").items():
@@ -249,22 +266,29 @@ def test_remat_keeps_parameters_loss_and_gradients(tiny):
 
 def test_remat_shrinks_the_backward_passs_memory_on_cpu():
   """XLA:CPU's scheduler ran `jax.checkpoint`'s recomputations early (no memory saved); ours
-  are tied to the cotangent, so the compiled gradient needs far fewer temporaries."""
+  are tied to the cotangent, so the compiled gradient needs far fewer temporaries. Recomputing
+  the co-attention blocks alone (between plain text and visual layers) saves part of that, with
+  the same loss and gradients."""
   task = get_task("vqa")
   batch = random_batch(task, 64, vocab_size=1000, seq_len=12, num_regions=36,
                        feature_size=tiny_config().v_feature_size)
 
-  def temporaries(remat: bool) -> tuple[int, float]:
+  def temporaries(remat: bool | str) -> tuple[int, float, dict]:
     model = ViLBertForVLTasks(tiny_config(remat=remat))
     params = init_params(model, jax.random.key(0))
     loss = lambda p: task_loss(model.apply, p, task, batch, deterministic=False,
                                rng=jax.random.key(1))[0]
     compiled = jax.jit(jax.value_and_grad(loss)).lower(params).compile()
-    return compiled.memory_analysis().temp_size_in_bytes, float(compiled(params)[0])
+    value, grads = compiled(params)
+    return compiled.memory_analysis().temp_size_in_bytes, float(value), grads
 
-  (plain_bytes, plain_loss), (remat_bytes, remat_loss) = temporaries(False), temporaries(True)
-  assert remat_loss == plain_loss
+  plain_bytes, plain_loss, plain_grads = temporaries(False)
+  remat_bytes, remat_loss, _ = temporaries(True)
+  block_bytes, block_loss, block_grads = temporaries("coattention")
+  assert remat_loss == plain_loss == block_loss
+  assert_grads_match(plain_grads, block_grads)
   assert remat_bytes < 0.5 * plain_bytes, (remat_bytes, plain_bytes)
+  assert remat_bytes < block_bytes < 0.9 * plain_bytes, (remat_bytes, block_bytes, plain_bytes)
 
 
 def test_pooled_only_tasks_compute_the_last_layers_at_position_zero(tiny):

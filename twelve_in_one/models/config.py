@@ -23,6 +23,36 @@ IGNORED_OFFICIAL_KEYS = frozenset({
 })
 
 
+# The layer kinds `remat` may name, and their entries in the encoder schedule.
+REMAT_KINDS = {"text": "t", "visual": "v", "coattention": "c"}
+
+
+def normalize_remat(value: bool | str) -> str:
+  """`remat` as a canonical comma-separated list of layer kinds ("" for none).
+
+  Accepts a bool, "all"/"none", "true"/"false" (as a command-line override of a string field
+  gives them), or a comma-separated subset of `REMAT_KINDS`; raises ValueError naming the
+  unknown kind otherwise.
+  """
+  if isinstance(value, bool):
+    return ",".join(REMAT_KINDS) if value else ""
+  if not isinstance(value, str):
+    raise ValueError(f"ViLBertConfig: remat={value!r}; expected a bool or a comma-separated "
+                     f"subset of {sorted(REMAT_KINDS)}")
+  text = value.strip().lower()
+  if text in ("all", "true"):
+    return ",".join(REMAT_KINDS)
+  if text in ("", "none", "false"):
+    return ""
+  names = [name.strip() for name in text.split(",") if name.strip()]
+  unknown = [name for name in names if name not in REMAT_KINDS]
+  if unknown:
+    raise ValueError(f"ViLBertConfig: remat={value!r} names unknown layer kind(s) {unknown}; "
+                     f"expected 'all', 'none' or a comma-separated subset of "
+                     f"{list(REMAT_KINDS)}")
+  return ",".join(kind for kind in REMAT_KINDS if kind in names)
+
+
 @dataclasses.dataclass(frozen=True)
 class ViLBertConfig:
   """Hyper-parameters of the two-stream ViLBERT encoder and its heads.
@@ -72,16 +102,20 @@ class ViLBertConfig:
   # Attention kernel: "einsum" (the reference math, written out) or "dot_product_attention"
   # (jax.nn.dot_product_attention, which XLA may fuse). Same function, different kernels.
   attention_impl: str = "einsum"
-  # Rematerialise each text, visual and co-attention layer in the backward pass
-  # (`models/remat.py`): only layer inputs are kept, and each layer is recomputed once the
-  # cotangent from above exists, for one more forward's compute. Same parameters, the same
-  # dropout masks and the same function; an option for large batches (on CPU the step's
-  # temporaries fall from 3.69 to 0.69 GiB at batch 32; BENCHMARKS.md).
-  remat: bool = False
+  # Rematerialise layers in the backward pass (`models/remat.py`): only a layer's inputs are
+  # kept, and the layer is recomputed once the cotangent from above exists, for one more
+  # forward of that layer. Same parameters, the same dropout masks and the same function; an
+  # option for large batches. `True` or "all" recomputes every text, visual and co-attention
+  # layer (on CPU the base step's temporaries fall from 3.69 to 0.69 GiB at batch 32); a
+  # comma-separated subset of "text", "visual", "coattention" recomputes those kinds only,
+  # trading less memory for less recompute and a smaller program (BENCHMARKS.md); `False`,
+  # "" or "none" recomputes nothing.
+  remat: bool | str = False
 
   def __post_init__(self):
     object.__setattr__(self, "v_biattention_id", tuple(int(i) for i in self.v_biattention_id))
     object.__setattr__(self, "t_biattention_id", tuple(int(i) for i in self.t_biattention_id))
+    object.__setattr__(self, "remat", normalize_remat(self.remat))
     self.validate()
 
   def validate(self) -> None:
@@ -117,6 +151,11 @@ class ViLBertConfig:
     need(self.attention_impl in ("einsum", "dot_product_attention"),
          f"attention_impl={self.attention_impl!r}; expected 'einsum' or "
          "'dot_product_attention'")
+
+  @property
+  def remat_kinds(self) -> frozenset[str]:
+    """The encoder entry kinds ("t", "v", "c"; see `encoder_schedule`) that are recomputed."""
+    return frozenset(REMAT_KINDS[name] for name in self.remat.split(",") if name)
 
   @property
   def num_co_attention_blocks(self) -> int:

@@ -79,10 +79,12 @@ class Encoder(nn.Module):
     text_bias = layers.additive_mask(text_mask, dtype)
     visual_bias = layers.additive_mask(visual_mask, dtype)
     extras: dict[str, jax.Array] = {}
-    def run(module: nn.Module, *args, deterministic_at: int):
+    remat_kinds = cfg.remat_kinds
+
+    def run(kind: str, module: nn.Module, *args, deterministic_at: int):
       # `deterministic`, a Python bool, is static in the recomputation. Remat keeps each
       # module's name and parameters.
-      if cfg.remat and not self.is_initializing():
+      if kind in remat_kinds and not self.is_initializing():
         return recompute_in_backward(module, *args, static_argnums=(deterministic_at,))
       return module(*args)
 
@@ -90,12 +92,13 @@ class Encoder(nn.Module):
     for kind, index in encoder_schedule(cfg):
       first_only = (kind, index) in pruned
       if kind == "t":
-        text = run(TransformerLayer(cfg, text_stream, first_position_only=first_only,
-                                    name=f"layer_{index}"), text, text_bias, deterministic,
-                   deterministic_at=2)
+        text = run(kind, TransformerLayer(cfg, text_stream, first_position_only=first_only,
+                                          name=f"layer_{index}"), text, text_bias,
+                   deterministic, deterministic_at=2)
       elif kind == "v":
-        visual = run(TransformerLayer(cfg, visual_stream, cfg.dynamic_attention,
-                                      first_position_only=first_only, name=f"v_layer_{index}"),
+        visual = run(kind, TransformerLayer(cfg, visual_stream, cfg.dynamic_attention,
+                                            first_position_only=first_only,
+                                            name=f"v_layer_{index}"),
                      visual, visual_bias, deterministic, text, text_mask, deterministic_at=2)
       else:
         if index == 0:
@@ -103,7 +106,7 @@ class Encoder(nn.Module):
           # this is exactly BERT's output after `t_biattention_id[0]` layers.
           extras["text_before_coattention"] = text
           extras["visual_before_coattention"] = visual
-        visual, text = run(CoAttentionBlock(cfg, name=f"c_layer_{index}"),
+        visual, text = run(kind, CoAttentionBlock(cfg, name=f"c_layer_{index}"),
                            visual, visual_bias, text, text_bias, deterministic,
                            deterministic_at=4)
     # Position 0 of each stream always (the poolers read it); whole sequences when kept.

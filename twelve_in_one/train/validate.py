@@ -52,7 +52,7 @@ def run_model_config(config) -> ViLBertConfig:
   return get_model_config(config.model.name, dtype=config.model.dtype,
                           attention_impl=config.model.attention_impl,
                           task_specific_tokens=config.model.task_specific_tokens,
-                          remat=bool(config.model.get("remat", False)), **overrides)
+                          remat=config.model.get("remat", False), **overrides)
 
 
 def validate_config(config, tasks: list[Task], mesh) -> None:
