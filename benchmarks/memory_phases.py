@@ -17,14 +17,14 @@ import argparse
 import jax
 import jax.numpy as jnp
 
-from process_stats import reset_peak_rss   # a sibling in benchmarks/
+from process_stats import reset_peak_rss   # siblings in benchmarks/
+from step_setup import donated_train_step
 from twelve_in_one import hostmem
 from twelve_in_one.models import ViLBertForVLTasks, get_model_config, init_params
 from twelve_in_one.tasks import get_task
 from twelve_in_one.tasks.examples import random_batch
-from twelve_in_one.train import optimizer as opt
 from twelve_in_one.train import prng
-from twelve_in_one.train.steps import StepSettings, create_state, make_train_step
+from twelve_in_one.train.steps import create_state
 
 
 def status_gib() -> tuple[float, float]:
@@ -53,13 +53,7 @@ def main() -> None:
   model = ViLBertForVLTasks(get_model_config(args.config))
   task = get_task("vqa")
   batch = jax.device_put(random_batch(task, args.batch))
-  abstract = jax.eval_shape(lambda: init_params(model, jax.random.key(0)))
-  settings = StepSettings(opt.OptimizerConfig())
-  step = jax.jit(make_train_step(model.apply, task, settings,
-                                 opt.learning_rates(abstract, settings.optimizer),
-                                 opt.weight_decays(abstract, settings.optimizer), abstract),
-                 donate_argnums=(0,))
-  abstract_state = jax.eval_shape(lambda: create_state(init_params(model, jax.random.key(0))))
+  step, abstract_state = donated_train_step(model, task)
   key, lr = prng.dropout_key(0, prng.COUNTER_HASH), jnp.float32(1.0)
   reset_peak_rss()
   compiled = step.lower(abstract_state, batch, key, lr).compile()

@@ -22,18 +22,17 @@ import time
 
 from flop_count import hlo_dot_flops
 from process_stats import child_env, fmt_table
+from step_setup import donated_train_step
 
 
 def measure(task_name: str, batch: int, config: str, remat: str) -> dict:
   """Compiles one step in this process and returns its figures."""
   import jax
 
-  from twelve_in_one.models import ViLBertForVLTasks, get_model_config, init_params
+  from twelve_in_one.models import ViLBertForVLTasks, get_model_config
   from twelve_in_one.tasks import get_task
   from twelve_in_one.tasks.examples import random_batch
-  from twelve_in_one.train import optimizer as opt
   from twelve_in_one.train import prng
-  from twelve_in_one.train.steps import StepSettings, create_state, make_train_step
 
   cfg = get_model_config(config, remat=remat.replace("+", ","))
   task = get_task(task_name)
@@ -42,13 +41,7 @@ def measure(task_name: str, batch: int, config: str, remat: str) -> dict:
                               feature_size=cfg.v_feature_size,
                               num_vqa_answers=cfg.num_vqa_answers,
                               num_gqa_answers=cfg.num_gqa_answers)
-  abstract = jax.eval_shape(lambda: init_params(model, jax.random.key(0)))
-  settings = StepSettings(opt.OptimizerConfig())
-  step = jax.jit(make_train_step(model.apply, task, settings,
-                                 opt.learning_rates(abstract, settings.optimizer),
-                                 opt.weight_decays(abstract, settings.optimizer), abstract),
-                 donate_argnums=(0,))
-  abstract_state = jax.eval_shape(lambda: create_state(init_params(model, jax.random.key(0))))
+  step, abstract_state = donated_train_step(model, task)
   start = time.perf_counter()
   lowered = step.lower(abstract_state, batch_arrays, prng.dropout_key(0, "counter_hash"),
                        jax.numpy.float32(1.0))
@@ -87,7 +80,8 @@ def main(argv=None) -> None:
     # A fresh process per choice: no compile cache or allocator state carries over.
     out = subprocess.run([sys.executable, __file__, f"--batch={args.batch}",
                           f"--task={args.task}", f"--config={args.config}", f"--child={choice}"],
-                         env=child_env(huge_pages=True), capture_output=True, text=True, check=False)
+                         env=child_env(huge_pages=True), capture_output=True, text=True,
+                         check=False)
     if out.returncode:
       sys.exit(f"remat={choice}: the measurement failed:\n{out.stderr[-4000:]}")
     result = json.loads(out.stdout.strip().splitlines()[-1])

@@ -57,6 +57,7 @@ import time
 # Siblings in benchmarks/ (a script's own folder is on sys.path).
 from flop_count import gemm_flops, hlo_dot_flops, rows_per_example, training_gemm_flops
 from official_compare import print_official, run_official
+from step_setup import donated_train_step
 from process_stats import (child_env, fmt_table, peak_rss_gib, peak_rss_since_reset_gib,
                            reset_peak_rss, usage_since, usage_snapshot)
 
@@ -121,10 +122,9 @@ def measure(spec: Spec) -> dict:
   from twelve_in_one.models import ViLBertForVLTasks, get_model_config, init_params
   from twelve_in_one.tasks import get_task
   from twelve_in_one.tasks.examples import random_batch
-  from twelve_in_one.train import optimizer as opt
   from twelve_in_one.train import prng
   from twelve_in_one.train.objective import task_outputs
-  from twelve_in_one.train.steps import StepSettings, create_state, make_train_step
+  from twelve_in_one.train.steps import create_state
 
   cfg = get_model_config(spec.config, dtype=spec.dtype, attention_impl=spec.attention_impl,
                          remat=spec.remat)
@@ -140,18 +140,11 @@ def measure(spec: Spec) -> dict:
 
   t0 = time.perf_counter()
   if spec.mode == "train":
-    abstract = jax.eval_shape(lambda: init_params(model, jax.random.key(0)))
-    settings = StepSettings(opt.OptimizerConfig(), grad_accum_steps=spec.grad_accum)
-    lrs = opt.learning_rates(abstract, settings.optimizer)
-    decays = opt.weight_decays(abstract, settings.optimizer)
-    step = jax.jit(make_train_step(model.apply, task, settings, lrs, decays, abstract),
-                   donate_argnums=(0,))
+    # As the trainer does: compile from the state's shapes before the state exists (the
+    # compiler's memory and the state's never add up).
+    step, abstract_state = donated_train_step(model, task, spec.grad_accum)
     base_key = prng.dropout_key(0, spec.prng_impl)
     lr = jnp.float32(1.0)
-    # As the trainer does: compile from the state's shapes before the state exists (the
-    # compiler's memory and the state's never add up), then make parameters and moments
-    # inside one program.
-    abstract_state = jax.eval_shape(lambda: create_state(init_params(model, jax.random.key(0))))
     t1 = time.perf_counter()
     lowered = step.lower(abstract_state, batch, base_key, lr)
     t2 = time.perf_counter()
