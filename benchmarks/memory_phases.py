@@ -1,6 +1,6 @@
 """Where a training process's resident memory goes, phase by phase (Linux `/proc/self/status`).
 
-    .venv/bin/python benchmarks/memory_phases.py [--config=base] [--batch=8] [--steps=2]
+    .venv/bin/python benchmarks/memory_phases.py [--config=base] [--batch=8] [--steps=2] [--remat=none]
 
 Compiles the VQA training step from the state's shapes (as the trainer does), then makes the
 state the way the trainer makes it, printing VmRSS (now) and VmHWM (peak since the last reset)
@@ -48,9 +48,11 @@ def main() -> None:
   parser.add_argument("--config", default="base")
   parser.add_argument("--batch", type=int, default=8)
   parser.add_argument("--steps", type=int, default=2)
+  parser.add_argument("--remat", default="none",
+                      help="config.model.remat: none, all, or a subset of text,visual,coattention")
   args = parser.parse_args()
 
-  model = ViLBertForVLTasks(get_model_config(args.config))
+  model = ViLBertForVLTasks(get_model_config(args.config, remat=args.remat))
   task = get_task("vqa")
   batch = jax.device_put(random_batch(task, args.batch))
   step, abstract_state = donated_train_step(model, task)
