@@ -1,6 +1,7 @@
 """Where a training process's resident memory goes, phase by phase (Linux `/proc/self/status`).
 
     .venv/bin/python benchmarks/memory_phases.py [--config=base] [--batch=8] [--steps=2] [--remat=none]
+        [--override=num_hidden_layers=6 --override=t_biattention_id=[0,1,2,3,4,5]] [--compile_only]
 
 Compiles the VQA training step from the state's shapes (as the trainer does), then makes the
 state the way the trainer makes it, printing VmRSS (now) and VmHWM (peak since the last reset)
@@ -13,6 +14,8 @@ output, alias and temporary sizes.
 from __future__ import annotations
 
 import argparse
+import json
+import time
 
 import jax
 import jax.numpy as jnp
@@ -43,6 +46,20 @@ def report(phase: str) -> None:
   reset_peak_rss()
 
 
+def parse_overrides(items: list[str]) -> dict:
+  """`FIELD=JSON` strings as config overrides; a malformed one is named in the error."""
+  overrides = {}
+  for item in items:
+    field, sep, value = item.partition("=")
+    if not sep or not field:
+      raise SystemExit(f"--override {item!r}: expected FIELD=JSON, e.g. num_hidden_layers=6")
+    try:
+      overrides[field] = json.loads(value)
+    except json.JSONDecodeError as error:
+      raise SystemExit(f"--override {item!r}: the value is not JSON ({error})") from None
+  return overrides
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--config", default="base")
@@ -50,16 +67,28 @@ def main() -> None:
   parser.add_argument("--steps", type=int, default=2)
   parser.add_argument("--remat", default="none",
                       help="config.model.remat: none, all, or a subset of text,visual,coattention")
+  parser.add_argument("--override", action="append", default=[], metavar="FIELD=JSON",
+                      help="a model config field and its JSON value, e.g. num_hidden_layers=6 "
+                           "(repeatable): how the executable grows with the layers")
+  parser.add_argument("--compile_only", action="store_true",
+                      help="stop after the compile: the executable's own resident memory")
   args = parser.parse_args()
 
-  model = ViLBertForVLTasks(get_model_config(args.config, remat=args.remat))
+  model = ViLBertForVLTasks(get_model_config(args.config, remat=args.remat,
+                                             **parse_overrides(args.override)))
   task = get_task("vqa")
   batch = jax.device_put(random_batch(task, args.batch))
   step, abstract_state = donated_train_step(model, task)
   key, lr = prng.dropout_key(0, prng.COUNTER_HASH), jnp.float32(1.0)
-  reset_peak_rss()
-  compiled = step.lower(abstract_state, batch, key, lr).compile()
-  report("compiled the step")
+  hostmem.release_free_memory()
+  report("imported, model and batch made")
+  lowered = step.lower(abstract_state, batch, key, lr)
+  report("lowered the step")
+  start = time.perf_counter()
+  compiled = lowered.compile()
+  compile_s = time.perf_counter() - start
+  del lowered
+  report(f"compiled the step ({compile_s:.1f} s)")
   memory = compiled.memory_analysis()
   print("XLA memory_analysis of the step, GiB: arguments "
         f"{memory.argument_size_in_bytes / 2**30:.2f}, outputs "
@@ -68,6 +97,9 @@ def main() -> None:
         f"{memory.temp_size_in_bytes / 2**30:.2f}")
   hostmem.release_free_memory()
   report("malloc_trim")
+  print(f"optimized HLO: {compiled.as_text().count(chr(10)):,} lines")
+  if args.compile_only:
+    return
 
   one_program = jax.jit(lambda k: create_state(init_params(model, k)))(jax.random.key(0))
   jax.block_until_ready(one_program)
