@@ -1,11 +1,13 @@
 """Where a training process's resident memory goes, phase by phase (Linux `/proc/self/status`).
 
-    .venv/bin/python benchmarks/memory_phases.py [--config=base] [--batch=8] [--steps=2] [--remat=none]
+    .venv/bin/python benchmarks/memory_phases.py [--config=base] [--batch=8] [--steps=2]
+        [--remat=none]
         [--override=num_hidden_layers=6 --override=t_biattention_id=[0,1,2,3,4,5]] [--compile_only]
 
 Compiles the VQA training step from the state's shapes (as the trainer does), then makes the
 state the way the trainer makes it, printing VmRSS (now) and VmHWM (peak since the last reset)
-after each phase: compile, `malloc_trim`, parameters, moments, and the timed steps. For
+after each phase: lowering, compile, `malloc_trim`, parameters, moments, and the timed steps
+(`--compile_only` stops after the trim, which leaves the executable's own memory). For
 comparison it also prints the peak of the one-program init (parameters and moments together)
 that the trainer used before. XLA's `memory_analysis()` of the step gives the argument,
 output, alias and temporary sizes.
@@ -14,6 +16,7 @@ output, alias and temporary sizes.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 
@@ -23,7 +26,7 @@ import jax.numpy as jnp
 from process_stats import reset_peak_rss   # siblings in benchmarks/
 from step_setup import donated_train_step
 from twelve_in_one import hostmem
-from twelve_in_one.models import ViLBertForVLTasks, get_model_config, init_params
+from twelve_in_one.models import ViLBertConfig, ViLBertForVLTasks, get_model_config, init_params
 from twelve_in_one.tasks import get_task
 from twelve_in_one.tasks.examples import random_batch
 from twelve_in_one.train import prng
@@ -47,16 +50,19 @@ def report(phase: str) -> None:
 
 
 def parse_overrides(items: list[str]) -> dict:
-  """`FIELD=JSON` strings as config overrides; a malformed one is named in the error."""
+  """`FIELD=VALUE` strings as model config overrides: VALUE as JSON where it parses (6,
+  [0,1,2], true), else as a plain string (all). An unknown or malformed field is named."""
+  fields = {field.name for field in dataclasses.fields(ViLBertConfig)}
   overrides = {}
   for item in items:
     field, sep, value = item.partition("=")
-    if not sep or not field:
-      raise SystemExit(f"--override {item!r}: expected FIELD=JSON, e.g. num_hidden_layers=6")
+    if not sep or field not in fields:
+      raise SystemExit(f"--override {item!r}: expected FIELD=VALUE with FIELD one of the model "
+                       f"config's fields ({', '.join(sorted(fields))})")
     try:
       overrides[field] = json.loads(value)
-    except json.JSONDecodeError as error:
-      raise SystemExit(f"--override {item!r}: the value is not JSON ({error})") from None
+    except json.JSONDecodeError:
+      overrides[field] = value
   return overrides
 
 
@@ -67,15 +73,17 @@ def main() -> None:
   parser.add_argument("--steps", type=int, default=2)
   parser.add_argument("--remat", default="none",
                       help="config.model.remat: none, all, or a subset of text,visual,coattention")
-  parser.add_argument("--override", action="append", default=[], metavar="FIELD=JSON",
-                      help="a model config field and its JSON value, e.g. num_hidden_layers=6 "
+  parser.add_argument("--override", action="append", default=[], metavar="FIELD=VALUE",
+                      help="a model config field and its value (JSON, else a string), e.g. "
+                           "num_hidden_layers=6 "
                            "(repeatable): how the executable grows with the layers")
   parser.add_argument("--compile_only", action="store_true",
                       help="stop after the compile: the executable's own resident memory")
   args = parser.parse_args()
 
-  model = ViLBertForVLTasks(get_model_config(args.config, remat=args.remat,
-                                             **parse_overrides(args.override)))
+  # `--override=remat=...` is the same field as `--remat`; the override wins.
+  overrides = {"remat": args.remat, **parse_overrides(args.override)}
+  model = ViLBertForVLTasks(get_model_config(args.config, **overrides))
   task = get_task("vqa")
   batch = jax.device_put(random_batch(task, args.batch))
   step, abstract_state = donated_train_step(model, task)
