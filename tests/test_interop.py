@@ -253,11 +253,12 @@ def test_unknown_suffix_and_missing_torch(tmp_path, monkeypatch):
   with pytest.raises(CheckpointError, match=r"model.h5: unknown checkpoint format"):
     read_state_dict(tmp_path / "model.h5")
   path = tmp_path / "model.bin"
-  path.write_bytes(b"whatever")
   monkeypatch.setitem(sys.modules, "torch", None)        # `import torch` now fails
+  # Reading needs no torch (tests/test_torch_pickle.py); writing the torch format does.
   with pytest.raises(CheckpointError, match=r"needs torch, which is not installed.*\.npz or "
                                             r"\.safetensors"):
-    read_state_dict(path)
+    checkpoint_io.write_state_dict(path, SMALL)
+  assert not path.exists()
 
 
 # --------------------------------------------------------------------- our checkpoints

@@ -8,8 +8,9 @@ a 1 GB download wants "this file is truncated", not a traceback from inside `zip
 Our own checkpoints are directories written by `save_params`: the parameter tree (orbax), the
 full `ViLBertConfig` as JSON beside it, and free-form metadata such as a conversion report.
 
-torch is optional: it is imported only to read or write the torch format, and its absence is a
-clear error that points to the formats that need no torch.
+torch is optional: torch files are read without it (`torch_pickle`, so a TPU VM reads the
+official checkpoints, also from gs://), and it is imported only to write the torch format, where
+its absence is a clear error that points to the formats that need no torch.
 """
 
 from __future__ import annotations
@@ -24,7 +25,9 @@ from typing import Any, Callable, Mapping
 
 import jax
 import numpy as np
+from etils import epath
 
+from twelve_in_one.interop import torch_pickle
 from twelve_in_one.models.config import ViLBertConfig
 
 TORCH_SUFFIXES = (".bin", ".pt", ".pth")
@@ -58,17 +61,6 @@ def _import_torch(path: str, action: str):
   return torch
 
 
-def _torch_to_numpy(torch, name: str, value, path: str) -> np.ndarray:
-  if not isinstance(value, torch.Tensor):
-    raise CheckpointError(f"{path}: entry {name!r} is a {type(value).__name__}, not a tensor; "
-                          "expected a plain state dict (name -> tensor)")
-  value = value.detach().cpu()
-  if value.dtype == torch.bfloat16:
-    # numpy has no bfloat16; float32 holds every bfloat16 value exactly.
-    value = value.float()
-  return value.numpy()
-
-
 def _unwrap(obj, path: str, is_tensor: Callable[[object], bool]) -> Mapping:
   """A state dict, possibly saved by a trainer inside {"state_dict": ...} or {"model": ...}."""
   if not isinstance(obj, Mapping):
@@ -82,17 +74,17 @@ def _unwrap(obj, path: str, is_tensor: Callable[[object], bool]) -> Mapping:
 
 
 def _read_torch(path: str) -> dict[str, np.ndarray]:
-  torch = _import_torch(path, "reading")
+  # torch_pickle resolves only state-dict globals, so a downloaded file never runs code.
   try:
-    # weights_only: never unpickle arbitrary objects from a downloaded file.
-    obj = torch.load(path, map_location="cpu", weights_only=True)
-  except Exception as e:  # torch raises RuntimeError, EOFError, UnpicklingError, zip errors...
-    raise CheckpointError(f"{path}: cannot read it as a PyTorch state dict; the file is "
-                          f"truncated, corrupt or not a torch.save file "
-                          f"({type(e).__name__}: {_first_line(e)})") from None
-  state = _unwrap(obj, path, lambda v: isinstance(v, torch.Tensor))
-  return collections.OrderedDict((str(k), _torch_to_numpy(torch, k, v, path))
-                                 for k, v in state.items())
+    obj = torch_pickle.load(path)
+  except torch_pickle.TorchPickleError as e:  # its message already names the file
+    raise CheckpointError(str(e)) from None
+  state = _unwrap(obj, path, lambda v: isinstance(v, np.ndarray))
+  for name, value in state.items():
+    if not isinstance(value, np.ndarray):
+      raise CheckpointError(f"{path}: entry {name!r} is a {type(value).__name__}, not a "
+                            "tensor; expected a plain state dict (name -> tensor)")
+  return collections.OrderedDict((str(k), v) for k, v in state.items())
 
 
 def _read_npz(path: str) -> dict[str, np.ndarray]:
@@ -141,13 +133,19 @@ _READERS: dict[str, Callable[[str], dict[str, np.ndarray]]] = {
 def read_state_dict(path: str | os.PathLike) -> "collections.OrderedDict[str, np.ndarray]":
   """Reads a state dict (name -> numpy array) from a torch, .npz or .safetensors file.
 
+  A torch file is read without torch (see `torch_pickle`), local or on gs://; bfloat16 tensors
+  come back as float32.
+
   Raises:
     FileNotFoundError: the file does not exist.
-    CheckpointError: unknown suffix, missing torch, or a truncated / corrupt file.
+    CheckpointError: unknown suffix, a truncated / corrupt file, or a torch file holding
+      anything other than tensors in (possibly nested) dicts and lists.
   """
   path = os.fspath(path)
   fmt = checkpoint_format(path)
-  if not os.path.isfile(path):
+  # epath, not os.path: an init checkpoint may live in a gs:// bucket.
+  location = epath.Path(path)
+  if not location.exists() or location.is_dir():
     raise FileNotFoundError(f"{path}: no such checkpoint file")
   return _READERS[fmt](path)
 
