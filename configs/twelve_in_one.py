@@ -30,6 +30,13 @@ Any field can be overridden: `--config.tasks=vqa,gqa --config.task_settings.vqa.
 preset (configs/mesh.py: dp, fsdp, fsdp_tp, dp_tp) is chosen after the variant:
 
     twelve-in-one train --config configs/twelve_in_one.py:twelve_in_one,mesh=fsdp_tp ...
+
+`config.mesh.axes` are the axis sizes within one TPU slice and `config.mesh.dcn_axes` those
+across slices (default: every slice on `data`); each mesh axis is their product. One slice
+needs no change, and neither does a multi-slice job that replicates the model per slice; to
+shard parameters across slices: `--config.mesh.dcn_axes.data=1 --config.mesh.dcn_axes.fsdp=-1`.
+`--config.mesh.dcn_granule=process` treats each process as a slice (multi-node GPU). See
+configs/mesh.py.
 """
 
 import importlib.util
@@ -50,12 +57,16 @@ OFFICIAL = {
 }
 
 
-def _mesh_preset(name):
+def _mesh_module():
   spec = importlib.util.spec_from_file_location(
       "twelve_in_one_mesh_presets", os.path.join(os.path.dirname(__file__), "mesh.py"))
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  return module.preset(name)
+  return module
+
+
+def _mesh_preset(name):
+  return _mesh_module().preset(name)
 
 
 def _task_settings(names, shrink=None):
@@ -118,7 +129,9 @@ def get_config(arg=None):
 
   config.mesh = config_dict.ConfigDict()
   sizes, rules = _mesh_preset(mesh_preset)
-  config.mesh.axes = sizes
+  config.mesh.axes = sizes                     # within a slice (ICI); one may be -1
+  config.mesh.dcn_axes = dict(_mesh_module().DCN_AXES)   # across slices (DCN); one may be -1
+  config.mesh.dcn_granule = "slice"            # or "process": what counts as a slice
   config.mesh.rules = rules
 
   config.init = config_dict.ConfigDict(dict(checkpoint="", bert="", ignore_unexpected=False))

@@ -106,7 +106,7 @@ def evaluate(config, source: str, tasks: Sequence[str] | None = None, split: str
   """
   started = time.perf_counter()
   selected = select_tasks(config, tasks)
-  mesh = sharding.make_mesh(dict(config.mesh.axes))
+  mesh = sharding.mesh_from_config(config.mesh)
   rules = tuple((name, tuple(axes) if isinstance(axes, list) else axes)
                 for name, axes in config.mesh.rules)
   validate_config(config, selected, mesh)

@@ -156,7 +156,7 @@ def train_and_evaluate(config, workdir: str, chance: dict[str, float] | None = N
   # ------------------------------------------------------------------ Set up
   distributed.maybe_initialize(config)
   tasks = resolve_tasks(config)
-  mesh = sharding.make_mesh(dict(config.mesh.axes))
+  mesh = sharding.mesh_from_config(config.mesh)
   rules = tuple((name, tuple(axes) if isinstance(axes, list) else axes)
                 for name, axes in config.mesh.rules)
   validate_config(config, tasks, mesh)
