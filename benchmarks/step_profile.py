@@ -1,7 +1,7 @@
 """Where a training step's time goes: one traced step, its ops grouped by what they compute.
 
     .venv/bin/python benchmarks/step_profile.py [--batch=8] [--task=vqa] [--config=base]
-        [--prng_impl=counter_hash] [--inference]
+        [--prng_impl=auto] [--inference]
 
 Compiles the trainer's step (`make_train_step`, state donated; or with `--inference` the
 task's forward) on random batches of the task's shapes, runs it twice, then traces one step
@@ -95,7 +95,7 @@ def main() -> None:
   parser.add_argument("--batch", type=int, default=8)
   parser.add_argument("--task", default="vqa")
   parser.add_argument("--config", default="base")
-  parser.add_argument("--prng_impl", default=prng.COUNTER_HASH)
+  parser.add_argument("--prng_impl", default=prng.AUTO, choices=prng.CHOICES)
   parser.add_argument("--inference", action="store_true", help="the forward only")
   args = parser.parse_args()
 

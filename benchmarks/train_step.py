@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/train_step.py [--batch_sizes=8,32] [--tasks=vqa,refcoco]
         [--other_batch_sizes=8] [--dtype=float32|bfloat16] [--attention_impl=einsum]
-        [--repeats=5] [--inference=32] [--config=base] [--prng_impl=counter_hash]
+        [--repeats=5] [--inference=32] [--config=base] [--prng_impl=auto]
         [--remat[=all|text,visual,coattention]]
         [--grad_accum=1] [--official [--official_detect_anomaly]] [--rounds=1]
         [--wait_for="twelve-in-one train"] [--peak_tflops=0] [--json_out=FILE]
@@ -326,9 +326,10 @@ def main(argv=None) -> None:
   parser.add_argument("--inference", type=int, default=32,
                       help="forward-only batch of the first task (0: skip)")
   parser.add_argument("--no_train", action="store_true", help="only the inference run")
-  parser.add_argument("--prng_impl", default="counter_hash",
-                      help="key implementation of the dropout rng (counter_hash: the "
-                           "trainer's default; rbg, threefry2x32, unsafe_rbg)")
+  parser.add_argument("--prng_impl", default="auto",
+                      help="key implementation of the dropout rng (auto: the trainer's "
+                           "default, counter_hash on cpu and threefry2x32 elsewhere; "
+                           "counter_hash, rbg, threefry2x32, unsafe_rbg)")
   parser.add_argument("--grad_accum", type=int, default=1,
                       help="micro-batches per step (config.optimizer.grad_accum_steps): the "
                            "same update from a scan over equal slices of the batch")

@@ -25,6 +25,11 @@ A tiny synthetic-data run for tests (seconds on a laptop):
 
     twelve-in-one train --config configs/twelve_in_one.py:tiny --workdir /tmp/12in1_tiny
 
+The accelerator variants (twelve_in_one, single, finetune) compute in bfloat16 with float32
+parameters and optimizer state (`--config.model.dtype=float32` for float32 compute); smoke and
+tiny, meant for CPU, compute in float32. Dropout keys come from `config.prng_impl="auto"`: a
+fused counter hash on CPU, JAX's partitionable threefry on TPU and GPU (train/prng.py).
+
 Any field can be overridden: `--config.tasks=vqa,gqa --config.task_settings.vqa.batch_size=32
 --config.schedule.num_epochs=5 --config.mesh.axes.fsdp=16`. Unknown keys are errors. A mesh
 preset (configs/mesh.py: dp, fsdp, fsdp_tp, dp_tp) is chosen after the variant:
@@ -94,10 +99,11 @@ def get_config(arg=None):
   config = config_dict.ConfigDict()
   config.variant = variant
   config.seed = 0
-  # The PRNG of the dropout keys (`twelve_in_one/train/prng.py`): "counter_hash" (a keyed hash
-  # of each element's index, fused into the dropout; identical across shardings and backends),
-  # or JAX's "rbg", "unsafe_rbg", "threefry2x32". Parameter init always uses threefry.
-  config.prng_impl = "counter_hash"
+  # The PRNG of the dropout keys (`twelve_in_one/train/prng.py`): "auto" is "counter_hash" on
+  # CPU (a keyed hash of each element's index, fused into the dropout; identical across
+  # shardings and backends) and JAX's partitionable "threefry2x32" on TPU and GPU; or name one:
+  # "counter_hash", "rbg", "unsafe_rbg", "threefry2x32". Parameter init always uses threefry.
+  config.prng_impl = "auto"
 
   # `vocab_size` 0 keeps the preset's (30522, bert-base-uncased, except `tiny`); `dropout`
   # -1 keeps the preset's (BERT's 0.1), otherwise it sets all four dropout probabilities;
@@ -105,6 +111,9 @@ def get_config(arg=None):
   # temporaries 3.69 -> 0.69 GiB at batch 32 on CPU, for one more forward's compute), or a
   # comma-separated subset of "text", "visual", "coattention"; "none" keeps every activation
   # (see BENCHMARKS.md). A string, so that `--config.model.remat=coattention` parses.
+  # `dtype` is the compute dtype; parameters and optimizer state are float32 whatever it is.
+  # The accelerator variants (twelve_in_one, single, finetune) set bfloat16 below; the CPU ones
+  # (smoke, tiny) keep float32, since the CPU has no fast bfloat16.
   config.model = config_dict.ConfigDict(dict(
       name="base", dtype="float32", attention_impl="einsum", task_specific_tokens=True,
       vocab_size=0, dropout=-1.0, remat="none"))
@@ -150,8 +159,9 @@ def get_config(arg=None):
       initialize="auto", coordinator_address="", num_processes=0, process_id=-1))
 
   if variant == "twelve_in_one":
-    pass
+    config.model.dtype = "bfloat16"
   elif variant in ("single", "finetune"):
+    config.model.dtype = "bfloat16"
     if not task:
       raise ValueError(f"config variant {variant!r} needs a task, e.g. {variant}:refcoco")
     if task not in OFFICIAL:

@@ -347,3 +347,31 @@ def test_pooled_only_cut_keeps_the_loss_and_gradients(tiny):
   cut_flat = traverse_util.flatten_dict(cut, sep="/")
   for path, g in traverse_util.flatten_dict(full, sep="/").items():
     assert float(jnp.abs(g - cut_flat[path]).max()) <= 1e-6 * scale, path
+
+
+def test_bfloat16_model_initialises_float32_params_and_moments():
+  # `dtype` is the compute dtype only: a model built for bfloat16 must still create float32
+  # parameters (and so float32 Adam moments and gradients).
+  from twelve_in_one.train.steps import create_state
+  model = ViLBertForVLTasks(tiny_config(dtype="bfloat16"))
+  params = init_params(model, jax.random.key(0))
+  state = create_state(params)
+  assert {x.dtype for x in jax.tree.leaves((params, state.opt_state))} == {jnp.dtype("float32")}
+  inputs = _inputs()
+  forward = lambda p: model.apply({"params": p}, **inputs, outputs=("vil_logit",))["vil_logit"]
+  assert jax.jit(forward)(params).dtype == jnp.bfloat16
+  grads = jax.jit(jax.grad(lambda p: forward(p).astype(jnp.float32).sum()))(params)
+  assert {x.dtype for x in jax.tree.leaves(grads)} == {jnp.dtype("float32")}
+
+
+def test_accelerator_configs_compute_in_bfloat16_and_cpu_configs_in_float32():
+  import importlib.util
+  import os
+  path = os.path.join(os.path.dirname(__file__), "..", "configs", "twelve_in_one.py")
+  spec = importlib.util.spec_from_file_location("twelve_in_one_config_dtypes", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  for variant in ("twelve_in_one", "single:vqa", "finetune:refcoco"):
+    assert module.get_config(variant).model.dtype == "bfloat16", variant
+  for variant in ("smoke", "tiny"):
+    assert module.get_config(variant).model.dtype == "float32", variant

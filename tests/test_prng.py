@@ -98,3 +98,38 @@ def test_unknown_names_and_oversized_draws_are_errors():
   with pytest.raises(ValueError, match="at most 2\\*\\*32 - 1"):
     jax.jit(lambda k: jax.random.bits(k, (1 << 16, 1 << 16))).lower(
         prng.dropout_key(0, prng.COUNTER_HASH))
+
+
+def test_auto_is_counter_hash_on_cpu_and_the_same_key_as_naming_it():
+  assert prng.resolve_impl("auto", backend="cpu") == prng.COUNTER_HASH
+  assert prng.describe("auto", prng.COUNTER_HASH, "cpu") == \
+      "dropout PRNG: counter_hash (auto on cpu)"
+  # These tests run on the CPU backend: "auto" there is today's counter_hash, bit for bit.
+  assert jax.default_backend() == "cpu"
+  auto, named = prng.dropout_key(3, "auto"), prng.dropout_key(3, prng.COUNTER_HASH)
+  np.testing.assert_array_equal(np.asarray(jax.random.bits(jax.random.fold_in(auto, 2), (64,))),
+                                np.asarray(jax.random.bits(jax.random.fold_in(named, 2), (64,))))
+
+
+@pytest.mark.parametrize("backend", ["tpu", "gpu"])
+def test_auto_is_partitionable_threefry_on_accelerators(backend):
+  previous = jax.config.jax_threefry_partitionable
+  try:
+    jax.config.update("jax_threefry_partitionable", False)
+    assert prng.resolve_impl("auto", backend=backend) == "threefry2x32"
+    assert jax.config.jax_threefry_partitionable
+    assert prng.describe("auto", "threefry2x32", backend) == \
+        f"dropout PRNG: threefry2x32 (auto on {backend})"
+    assert prng.resolve("auto", backend=backend) == "threefry2x32"
+  finally:
+    jax.config.update("jax_threefry_partitionable", previous)
+
+
+def test_explicit_names_stand_for_themselves_on_every_backend():
+  for backend in ("cpu", "tpu", "gpu"):
+    for name in prng.IMPLS:
+      assert prng.resolve_impl(name, backend=backend) == name
+  assert prng.describe("rbg", "rbg") == "dropout PRNG: rbg"
+  with pytest.raises(ValueError, match=r"config.prng_impl='Auto'.*'auto', 'counter_hash', "
+                                       r"'threefry2x32', 'rbg', 'unsafe_rbg'"):
+    prng.resolve_impl("Auto", backend="tpu")

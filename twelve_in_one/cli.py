@@ -4,9 +4,10 @@ Each command is a module `twelve_in_one.commands.<command>` that defines its abs
 `main(argv)`; the flags of one command are only defined when that command runs, so
 `--help` of each command lists its own flags only.
 
-Run from the command line, a command first re-executes itself once with glibc's huge-page
-tunable set (`hostmem.py`: 1-13% faster CPU training steps); set
-`GLIBC_TUNABLES=glibc.malloc.hugetlb=0` to opt out.
+Run from the command line, `train` and `study` on the CPU backend first re-execute themselves
+once with glibc's huge-page tunable set (`hostmem.py`: faster CPU training steps, measured in
+BENCHMARKS.md); set `GLIBC_TUNABLES=glibc.malloc.hugetlb=0` to opt out. Other commands, and
+runs on TPU or GPU, start as they are.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ def main(argv: list[str] | None = None) -> None:
   if command not in COMMANDS:
     print(f"twelve-in-one: unknown command {command!r}\n\n{usage()}", file=sys.stderr)
     sys.exit(2)
-  if argv_is_the_process_command_line:
+  if argv_is_the_process_command_line and hostmem.wants_huge_pages(command):
     # Before anything heavy is imported: glibc reads its tunables at process start only.
     hostmem.reexec_with_huge_pages()
   from absl import app  # imported late so `--help` of the dispatcher stays instant

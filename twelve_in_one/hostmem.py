@@ -6,7 +6,21 @@ training step at batch 8 touched ~1.3 GiB of brand-new 4 KiB pages: ~330,000 pag
 1-13% of the step (measured, BENCHMARKS.md). Asking glibc to back its memory with
 transparent huge pages (the `glibc.malloc.hugetlb=1` tunable, glibc >= 2.35, honoured where
 THP is `madvise` or `always`) makes that ~4,000 faults. glibc reads its tunables only when a
-process starts, so the `twelve-in-one` command re-executes itself once with the tunable set.
+process starts, so the commands that train (`train`, `study`) re-execute themselves once with
+the tunable set, when the run will compute on the CPU. On TPU and GPU a step's temporaries live
+in device memory, so the re-exec would only cost a start-up; the other commands (`eval`,
+`plot`, `prepare`, ...) never re-execute.
+
+The backend is decided before jax is imported (`expected_backend`): `JAX_PLATFORMS`, else
+`JAX_PLATFORM_NAME`, names it when set (its first entry: JAX's highest priority). Otherwise an
+accelerator counts only when both halves JAX needs are present, its runtime installed and its
+device nodes visible: TPU when the `libtpu` package (or `TPU_LIBRARY_PATH`) is there and
+`/dev/accel*` or `/dev/vfio/<n>` exists; GPU when a JAX CUDA or ROCm plugin package
+(`CUDA_PLUGINS`, `ROCM_PLUGINS`) is there and `/dev/nvidia<n>` (CUDA, unless
+`CUDA_VISIBLE_DEVICES` hides every GPU) or `/dev/kfd` (ROCm) exists. Anything else is the CPU.
+Packages are looked up with `importlib.util.find_spec` (found, not imported: well under a
+millisecond). A wrong guess costs little either way: a needless re-exec on an accelerator, or
+CPU steps without huge pages.
 
 Opt out with `GLIBC_TUNABLES=glibc.malloc.hugetlb=0` (any explicit hugetlb setting is kept).
 Nothing here changes a computed value; it only changes how memory pages are mapped.
@@ -15,12 +29,21 @@ Nothing here changes a computed value; it only changes how memory pages are mapp
 from __future__ import annotations
 
 import ctypes
+import glob
+import importlib.util
 import os
 import platform
 import sys
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 HUGETLB = "glibc.malloc.hugetlb"
+# The commands whose CPU runs spend their time in training steps.
+HUGE_PAGE_COMMANDS = ("train", "study")
+# JAX platform names -> the backend families decided here.
+_PLATFORMS = {"cpu": "cpu", "tpu": "tpu", "gpu": "gpu", "cuda": "gpu", "rocm": "gpu"}
+# JAX's GPU plugin packages (`jax[cuda12]`, `jax[cuda13]`, `jax[rocm]`), by module name.
+CUDA_PLUGINS = ("jax_cuda12_plugin", "jax_cuda13_plugin")
+ROCM_PLUGINS = ("jax_rocm60_plugin", "jax_rocm7_plugin")
 
 
 def _is_glibc_linux() -> bool:
@@ -36,6 +59,42 @@ def huge_pages_env(environ: Mapping[str, str]) -> dict[str, str] | None:
   env = dict(environ)
   env["GLIBC_TUNABLES"] = ":".join(tunables + [f"{HUGETLB}=1"])
   return env
+
+
+def _has_module(name: str) -> bool:
+  """Whether the top-level module `name` is installed (found, not imported)."""
+  return importlib.util.find_spec(name) is not None
+
+
+def expected_backend(environ: Mapping[str, str] | None = None, *,
+                     device_paths: Callable[[str], list[str]] = glob.glob,
+                     has_module: Callable[[str], bool] = _has_module) -> str:
+  """"cpu", "tpu", "gpu" (or an unknown platform's name): where JAX will compute by default.
+
+  Decided without importing jax (see the module docstring for the rules). The keyword
+  arguments replace the file-system probes, for tests.
+  """
+  environ = os.environ if environ is None else environ
+  named = environ.get("JAX_PLATFORMS") or environ.get("JAX_PLATFORM_NAME") or ""
+  first = named.split(",")[0].strip().lower()
+  if first:
+    return _PLATFORMS.get(first, first)
+  if ((has_module("libtpu") or environ.get("TPU_LIBRARY_PATH"))
+      and (device_paths("/dev/accel*") or device_paths("/dev/vfio/[0-9]*"))):
+    return "tpu"
+  cuda_hidden = environ.get("CUDA_VISIBLE_DEVICES", "0").strip() in ("", "-1")
+  if (any(map(has_module, CUDA_PLUGINS)) and not cuda_hidden
+      and device_paths("/dev/nvidia[0-9]*")):
+    return "gpu"
+  if any(map(has_module, ROCM_PLUGINS)) and device_paths("/dev/kfd"):
+    return "gpu"
+  return "cpu"
+
+
+def wants_huge_pages(command: str, environ: Mapping[str, str] | None = None, **probes) -> bool:
+  """Whether `twelve-in-one <command>` should re-execute with the huge-page tunable: a command
+  that trains, on the CPU backend. `probes` go to `expected_backend`."""
+  return command in HUGE_PAGE_COMMANDS and expected_backend(environ, **probes) == "cpu"
 
 
 def reexec_with_huge_pages(argv: Sequence[str] | None = None) -> None:

@@ -169,6 +169,10 @@ def train_and_evaluate(config, workdir: str, chance: dict[str, float] | None = N
   log = MetricsLog(workdir, enabled=is_chief, log_every=config.log_every)
   log.note(f"tasks: {[t.name for t in tasks]}; mesh {dict(mesh.shape)}; "
            f"{jax.process_count()} process(es), {jax.device_count()} device(s)")
+  # Before any key exists: resolving to threefry switches on its partitionable form.
+  prng_name = config.get("prng_impl", prng.AUTO)
+  prng_impl = prng.resolve_impl(prng_name)
+  log.note(prng.describe(prng_name, prng_impl))
 
   # ------------------------------------------------------------------ Shapes and shardings
   boxed = jax.eval_shape(lambda: init_variables(model, jax.random.key(0)))
@@ -229,8 +233,8 @@ def train_and_evaluate(config, workdir: str, chance: dict[str, float] | None = N
 
   # Dropout keys (`train/prng.py`): "counter_hash" hashes each element's index inside the
   # fused dropout (no random tensor in memory; the same bits under every sharding); "rbg" and
-  # "threefry2x32" are JAX's.
-  base_key = prng.dropout_key(config.seed, config.get("prng_impl", prng.COUNTER_HASH))
+  # "threefry2x32" are JAX's. "auto" was resolved for this backend above.
+  base_key = prng.dropout_key(config.seed, prng_impl)
   # Compile before the state exists: the compiler's working memory and the state's (a few GiB
   # for `base`) then never add up in the peak RSS. A finished run skips this.
   if (checkpointer.latest_step() or 0) < total and schedule.kind != "summed":

@@ -2,16 +2,19 @@
 
 `config.prng_impl` names the implementation behind the trainer's dropout keys:
 
-* "counter_hash" (the default): keys are derived exactly as threefry derives them (`seed`,
-  `split` and `fold_in` are threefry's, on two-word keys, so flax's per-module `fold_in` gives
-  independent streams), but the *bits* are a keyed integer hash of each element's flat index:
-  two rounds of Wellons' `lowbias32` mixer around the two key words. The bits are a pure
-  element-wise function of (key, index), so XLA fuses them into the dropout's select: no random
-  tensor is written to memory and no RngBitGenerator call runs. On the 2-core CPU that made
-  masks 5x cheaper than "rbg" (41 ms against 205 ms for 26M elements) and a batch-8 `base`
-  training step 10% faster (BENCHMARKS.md); the bits are the same under every sharding, since
-  they depend only on the global index.
-* "rbg", "unsafe_rbg", "threefry2x32": JAX's own.
+* "auto" (the default): "counter_hash" on the CPU backend and "threefry2x32" (with
+  `jax_threefry_partitionable` on) on TPU and GPU; `resolve_impl` decides, once per run.
+* "counter_hash": keys are derived exactly as threefry derives them (`seed`, `split` and
+  `fold_in` are threefry's, on two-word keys, so flax's per-module `fold_in` gives independent
+  streams), but the *bits* are a keyed integer hash of each element's flat index: two rounds of
+  Wellons' `lowbias32` mixer around the two key words. The bits are a pure element-wise
+  function of (key, index), so XLA fuses them into the dropout's select: no random tensor is
+  written to memory and no RngBitGenerator call runs, which is what makes CPU training steps
+  faster (measured in BENCHMARKS.md, "Dropout bits from a fused counter hash"). The bits are
+  the same under every sharding, since they depend only on the global index.
+* "rbg", "unsafe_rbg", "threefry2x32": JAX's own. The counter hash's gain was measured on CPU
+  only, so on TPU and GPU "auto" keeps JAX's default generator, whose partitionable form draws
+  each shard's bits where the shard lives, without communication.
 
 Why a hash is enough here: dropout needs masks that are unbiased, independent across sites and
 steps, and uncorrelated within a tensor; it needs no cryptographic strength. `lowbias32` is a
@@ -32,9 +35,13 @@ import jax
 import jax.extend.random as jex_random
 import jax.numpy as jnp
 
-BUILTIN_IMPLS = ("threefry2x32", "rbg", "unsafe_rbg")
+AUTO = "auto"
+THREEFRY = "threefry2x32"
+BUILTIN_IMPLS = (THREEFRY, "rbg", "unsafe_rbg")
 COUNTER_HASH = "counter_hash"
 IMPLS = (COUNTER_HASH,) + BUILTIN_IMPLS
+# What `config.prng_impl` may say.
+CHOICES = (AUTO,) + IMPLS
 
 # Wellons' lowbias32 constants (https://nullprogram.com/blog/2018/07/31/), and the golden
 # ratio's 32-bit fraction, which spreads consecutive indices before the first round.
@@ -93,15 +100,45 @@ COUNTER_HASH_SPEC = jex_random.define_prng_impl(
     random_bits=_random_bits, name=COUNTER_HASH, tag="ch")
 
 
-def resolve(name: str) -> str | Hashable:
+def resolve_impl(name: str, backend: str | None = None) -> str:
+  """The implementation `config.prng_impl` stands for on `backend`: one of `IMPLS`.
+
+  "auto" is "counter_hash" on "cpu" and "threefry2x32" on any other backend ("tpu", "gpu",
+  ...); explicit names stand for themselves. Whenever the result is threefry, JAX's
+  `jax_threefry_partitionable` is switched on, so that sharded draws need no communication
+  (it is already JAX's default; set explicitly so that the run does not depend on that).
+
+  Args:
+    name: the config's value.
+    backend: the platform the run computes on (default: `jax.default_backend()`); only "auto"
+      reads it.
+  """
+  if name == AUTO:
+    backend = jax.default_backend() if backend is None else backend
+    impl = COUNTER_HASH if backend == "cpu" else THREEFRY
+  elif name in IMPLS:
+    impl = name
+  else:
+    raise ValueError(f"config.prng_impl={name!r}; expected one of {list(CHOICES)}")
+  if impl == THREEFRY:
+    jax.config.update("jax_threefry_partitionable", True)
+  return impl
+
+
+def describe(name: str, impl: str, backend: str | None = None) -> str:
+  """The run log's line for the dropout PRNG, e.g. "dropout PRNG: counter_hash (auto on cpu)"."""
+  if name != AUTO:
+    return f"dropout PRNG: {impl}"
+  backend = jax.default_backend() if backend is None else backend
+  return f"dropout PRNG: {impl} (auto on {backend})"
+
+
+def resolve(name: str, backend: str | None = None) -> str | Hashable:
   """What `jax.random.key(..., impl=...)` takes for a config's `prng_impl` name."""
-  if name == COUNTER_HASH:
-    return COUNTER_HASH_SPEC
-  if name in BUILTIN_IMPLS:
-    return name
-  raise ValueError(f"config.prng_impl={name!r}; expected one of {list(IMPLS)}")
+  impl = resolve_impl(name, backend)
+  return COUNTER_HASH_SPEC if impl == COUNTER_HASH else impl
 
 
 def dropout_key(seed: int, name: str) -> jax.Array:
-  """The base dropout key of a run: `seed` under the named implementation."""
+  """The base dropout key of a run: `seed` under the named implementation ("auto" allowed)."""
   return jax.random.key(seed, impl=resolve(name))

@@ -74,7 +74,7 @@ def validate_config(config, tasks: list[Task], mesh) -> None:
   if config.get("variant") == "finetune" and not config.init.checkpoint:
     raise ValueError("config variant finetune needs --config.init.checkpoint=PATH (the "
                      "multi-task model, e.g. multi_task_model.bin or a converted directory)")
-  prng.resolve(config.get("prng_impl", prng.COUNTER_HASH))   # raises, naming the choices
+  prng.resolve_impl(config.get("prng_impl", prng.AUTO))   # raises, naming the choices
   if config.schedule.num_epochs < 1:
     raise ValueError(f"config.schedule.num_epochs={config.schedule.num_epochs}; expected >= 1")
   if config.checkpoint.every_iterations < 1:
