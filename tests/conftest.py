@@ -13,6 +13,9 @@ os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                            " --xla_force_host_platform_device_count=8"
                            " --xla_backend_optimization_level=0").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# gcsfs probes each bucket's storage layout over gRPC, which the local Cloud Storage emulator
+# (tests/gcs_emulator.py) cannot answer; it reads this setting once, at import.
+os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
 # One persistent compilation cache for the whole session (and its subprocesses): the same
 # tiny-model programs are compiled by many tests and by each resumed training run.
 _CACHE = os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
@@ -82,3 +85,24 @@ def pytest_collection_modifyitems(items):
     name = item.path.name
     return _LONGEST_FIRST.index(name) if name in _LONGEST_FIRST else len(_LONGEST_FIRST)
   items.sort(key=rank)   # stable: the order within a file, and among the rest, is kept
+
+
+@pytest.fixture(scope="session")
+def gcs():
+  """A Cloud Storage emulator on localhost for the whole session (tests/gcs_emulator.py).
+
+  Sets STORAGE_EMULATOR_HOST and TENSORSTORE_GCS_HTTP_URL in this process, so the code under
+  test and every subprocess it starts reach the emulator; they are restored afterwards.
+  """
+  from gcs_emulator import running_emulator
+  with running_emulator() as emulator:
+    saved = {key: os.environ.get(key) for key in emulator.env}
+    os.environ.update(emulator.env)
+    try:
+      yield emulator
+    finally:
+      for key, value in saved.items():
+        if value is None:
+          os.environ.pop(key, None)
+        else:
+          os.environ[key] = value
