@@ -8,11 +8,16 @@ Run from the command line, `train` and `study` on the CPU backend first re-execu
 once with glibc's huge-page tunable set (`hostmem.py`: faster CPU training steps, measured in
 BENCHMARKS.md); set `GLIBC_TUNABLES=glibc.malloc.hugetlb=0` to opt out. Other commands, and
 runs on TPU or GPU, start as they are.
+
+Errors a user can fix (a missing bucket or file, malformed data, a bad config value: every
+`ValueError` and `OSError`) are printed as one line, `twelve-in-one <command>: error: ...`,
+with exit status 1; set `TWELVE_IN_ONE_TRACEBACK=1` to see the traceback instead.
 """
 
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 from twelve_in_one import hostmem
@@ -29,6 +34,9 @@ COMMANDS = {
     "plot": "per-task training curves from metrics.jsonl, DSG stops and restarts marked",
     "study": "the paper's comparison in miniature: multi-task vs one model per task",
 }
+
+
+TRACEBACK_ENV = "TWELVE_IN_ONE_TRACEBACK"
 
 
 def usage() -> str:
@@ -53,7 +61,13 @@ def main(argv: list[str] | None = None) -> None:
     hostmem.reexec_with_huge_pages()
   from absl import app  # imported late so `--help` of the dispatcher stays instant
   module = importlib.import_module(f"twelve_in_one.commands.{command}")
-  app.run(module.main, argv=[f"twelve-in-one {command}"] + argv[2:])
+  try:
+    app.run(module.main, argv=[f"twelve-in-one {command}"] + argv[2:])
+  except (ValueError, OSError) as error:
+    if os.environ.get(TRACEBACK_ENV, "") not in ("", "0"):
+      raise
+    print(f"twelve-in-one {command}: error: {error}", file=sys.stderr)
+    sys.exit(1)
 
 
 if __name__ == "__main__":

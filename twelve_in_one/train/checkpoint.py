@@ -9,16 +9,21 @@ Saves are asynchronous. Orbax writes each step into a temporary directory and re
 complete, so a crash mid-save never leaves a step that looks finished; a step that is listed but
 cannot be read (corrupted afterwards) is skipped with a warning naming it, and the previous one
 is used.
+
+The workdir may be a local folder or a gs:// location: orbax writes through epath and
+tensorstore, and every process of a multi-host job joins each save (each writes its own
+shards; orbax's barriers make the step appear once all have finished).
 """
 
 from __future__ import annotations
 
 import logging
-import os
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+
+from twelve_in_one import paths
 
 
 def _state_dict(state) -> dict:
@@ -29,7 +34,8 @@ class Checkpointer:
   """Saves and restores (TrainState, host JSON) pairs under `<workdir>/checkpoints`."""
 
   def __init__(self, workdir: str, *, keep: int = 3, asynchronous: bool = True):
-    self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+    # epath, not os.path: `os.path.abspath("gs://b/run")` would make it a local folder.
+    self.directory = paths.as_path(workdir) / "checkpoints"
     options = ocp.CheckpointManagerOptions(
         create=True, enable_async_checkpointing=asynchronous,
         preservation_policy=ocp.checkpoint_managers.LatestN(keep))

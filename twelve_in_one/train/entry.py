@@ -3,13 +3,17 @@
 With `config.data.generate_if_missing` (the `smoke` main job), a fresh machine needs nothing
 downloaded: the mini 12-in-1 is generated in the release's own formats, prepared with the same
 readers and `prepare` as the real release, and then trained on. Both steps are idempotent, so a
-rerun (or a resumed run) reuses them.
+rerun (or a resumed run) reuses them. With a gs:// workdir the generated release (feature
+LMDBs, which are read from local files) stays in this machine's cache, and the prepared
+datasets go to the bucket beside the run.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+
+from twelve_in_one import paths
 
 from twelve_in_one.train.loop import RunResult, train_and_evaluate
 from twelve_in_one.train.validate import resolve_tasks
@@ -22,7 +26,9 @@ def ensure_data(config, workdir: str) -> dict | None:
   from twelve_in_one.data.generate import generate, read_summary
   from twelve_in_one.data.prepare import prepare
 
-  root = config.data.release_dir or os.path.join(workdir, "release")
+  default_root = (os.fspath(paths.local_mirror_of(workdir) / "release")
+                  if paths.is_remote(workdir) else os.path.join(workdir, "release"))
+  root = config.data.release_dir or default_root
   with config.unlocked():
     config.data.data_dir = config.data.data_dir or os.path.join(workdir, "prepared")
     config.data.release_dir = root

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import signal
 import time
 from typing import Any
@@ -28,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 import tqdm
 
-from twelve_in_one import hostmem
+from twelve_in_one import hostmem, paths
 from twelve_in_one.models import ViLBertForVLTasks
 from twelve_in_one.models.vilbert import all_outputs, dummy_inputs, init_variables
 from twelve_in_one.tasks.registry import Task, loss_scale
@@ -155,6 +154,10 @@ def train_and_evaluate(config, workdir: str, chance: dict[str, float] | None = N
   """
   # ------------------------------------------------------------------ Set up
   distributed.maybe_initialize(config)
+  # Before reading data or compiling: a wrong bucket should cost seconds, not minutes.
+  paths.check_bucket(workdir, "--workdir")
+  if config.data.source == "tfds":
+    paths.check_bucket(config.data.data_dir, "config.data.data_dir")
   tasks = resolve_tasks(config)
   mesh = sharding.mesh_from_config(config.mesh)
   rules = tuple((name, tuple(axes) if isinstance(axes, list) else axes)
@@ -165,7 +168,7 @@ def train_and_evaluate(config, workdir: str, chance: dict[str, float] | None = N
   model_config = model_config.replace(**answer_head_sizes(data))
   model = ViLBertForVLTasks(model_config)
   is_chief = jax.process_index() == 0
-  os.makedirs(workdir, exist_ok=True)
+  paths.as_path(workdir).mkdir(parents=True, exist_ok=True)
   log = MetricsLog(workdir, enabled=is_chief, log_every=config.log_every)
   log.note(f"tasks: {[t.name for t in tasks]}; mesh {dict(mesh.shape)}; "
            f"{jax.process_count()} process(es), {jax.device_count()} device(s)")

@@ -2,6 +2,12 @@
 
 Only process 0 writes (the loop passes `enabled=False` elsewhere). Per task and per logging
 window it records loss, score, learning rate, DSG state and examples per second.
+
+In a gs:// workdir the log cannot be appended to in place: a Cloud Storage object is written
+whole (opening one for append silently replaces it). So metrics.jsonl and the TensorBoard
+event files are written to a local mirror, which starts from the bucket's metrics.jsonl when a
+run resumes, and are uploaded whole at most every `sync_seconds`, after each evaluation and at
+the end. A preempted run loses at most that window of training metrics, never the file.
 """
 
 from __future__ import annotations
@@ -10,19 +16,26 @@ import collections
 import json
 import logging
 import os
+import shutil
+import tempfile
 import time
 from typing import Any
 
 import numpy as np
 import tqdm
 
+from twelve_in_one import paths
 from twelve_in_one.tasks.registry import Task
+
+METRICS_FILE = "metrics.jsonl"
+TENSORBOARD_DIR = "tensorboard"
 
 
 class MetricsLog:
   """Accumulates per-task training metrics and writes them every `log_every` iterations."""
 
-  def __init__(self, workdir: str, *, enabled: bool = True, log_every: int = 1):
+  def __init__(self, workdir: str, *, enabled: bool = True, log_every: int = 1,
+               sync_seconds: float = 60.0):
     self.enabled = enabled
     self.log_every = log_every
     self._window: dict[str, dict[str, list]] = collections.defaultdict(
@@ -31,10 +44,20 @@ class MetricsLog:
     self._seconds = collections.Counter()
     self._file = None
     self._writer = None
+    self._workdir = paths.as_path(workdir)
+    self._mirror: str | None = None     # the local folder of a remote workdir's logs
+    self._sync_seconds = sync_seconds
+    self._synced_at = time.monotonic()
     if enabled:
-      self._file = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")
+      folder = os.fspath(self._workdir)
+      if paths.is_remote(self._workdir):
+        self._mirror = folder = tempfile.mkdtemp(prefix="twelve_in_one-logs-")
+        remote = self._workdir / METRICS_FILE
+        if remote.exists():   # a resumed run continues the bucket's file
+          paths.copy_file(remote, paths.as_path(os.path.join(folder, METRICS_FILE)))
+      self._file = open(os.path.join(folder, METRICS_FILE), "a", encoding="utf-8")
       from tensorboardX import SummaryWriter   # event files without TensorFlow
-      self._writer = SummaryWriter(os.path.join(workdir, "tensorboard"))
+      self._writer = SummaryWriter(os.path.join(folder, TENSORBOARD_DIR))
 
   def note(self, text: str) -> None:
     """A progress message: printed (above the progress bar) and kept in metrics.jsonl."""
@@ -69,6 +92,8 @@ class MetricsLog:
     self._window.clear()
     self._examples.clear()
     self._seconds.clear()
+    if time.monotonic() - self._synced_at >= self._sync_seconds:
+      self.sync()
 
   def eval(self, iteration: int, task: str, result: dict, controller: dict) -> None:
     if not self.enabled:
@@ -77,15 +102,27 @@ class MetricsLog:
                  "dsg": controller})
     self._writer.add_scalar(f"eval/{task}/score", result["score"], iteration + 1)
     self._writer.add_scalar(f"eval/{task}/loss", result["loss"], iteration + 1)
+    self.sync()
 
   def _write(self, record: dict[str, Any]) -> None:
     self._file.write(json.dumps(record) + "\n")
     self._file.flush()
 
+  def sync(self) -> None:
+    """Uploads the local mirror of a remote workdir's logs (whole files); no-op when local."""
+    self._synced_at = time.monotonic()
+    if self._mirror is None or self._file is None:
+      return
+    self._writer.flush()
+    paths.copy_tree(self._mirror, self._workdir)
+
   def close(self) -> None:
     if self._file:
       self._file.close()
       self._writer.close()
+      if self._mirror is not None:
+        paths.copy_tree(self._mirror, self._workdir)
+        shutil.rmtree(self._mirror, ignore_errors=True)
       self._file = self._writer = None
 
 
@@ -102,21 +139,11 @@ def results_table(workdir: str, tasks: list[Task], results: dict[str, dict],
                 f"{'' if score is None else f'{100 * score:.2f}'} | "
                 f"{result.get('examples', '')} |")
   table = "\n".join(rows) + "\n"
-  write_atomically(os.path.join(workdir, "results.md"), table)
-  write_atomically(os.path.join(workdir, "results.json"), json.dumps(
+  root = paths.as_path(workdir)
+  paths.write_text_atomically(root / "results.md", table)
+  paths.write_text_atomically(root / "results.json", json.dumps(
       {t.name: dict(results.get(t.name, {}), metric=t.metric, chance=chance.get(t.name))
        for t in tasks}, indent=1))
   print(table)
   return table
 
-
-def write_atomically(path: str, text: str) -> None:
-  """Writes `text` to `path` through a temporary file and a rename.
-
-  A crash mid-write then leaves the old file or none, never a truncated one that a resumed
-  study (`train/study.py`) would take for a finished run.
-  """
-  temporary = f"{path}.tmp-{os.getpid()}"
-  with open(temporary, "w", encoding="utf-8") as f:
-    f.write(text)
-  os.replace(temporary, path)

@@ -27,9 +27,9 @@ import logging
 import os
 from collections.abc import Callable
 
+from twelve_in_one import paths
 from twelve_in_one.train.entry import ensure_data
 from twelve_in_one.train.loop import train_and_evaluate
-from twelve_in_one.train.metrics_log import write_atomically
 from twelve_in_one.train.validate import resolve_tasks
 
 MULTI_DIR = "multi_task"
@@ -38,12 +38,11 @@ SINGLE_DIR = "single"
 
 def _finished_results(run_dir: str, task_names: list[str]) -> dict | None:
   """The run's results.json when it exists and scores every task; None otherwise."""
-  path = os.path.join(run_dir, "results.json")
-  if not os.path.exists(path):
+  path = paths.as_path(run_dir) / "results.json"
+  if not path.exists():
     return None
   try:
-    with open(path, encoding="utf-8") as f:
-      results = json.load(f)
+    results = json.loads(path.read_text())
   except (OSError, json.JSONDecodeError):
     return None
   if all(isinstance(results.get(name), dict) and results[name].get("score") is not None
@@ -55,10 +54,10 @@ def _finished_results(run_dir: str, task_names: list[str]) -> dict | None:
 def _updates_per_task(run_dir: str) -> dict[str, int]:
   """Training updates each task received, counted from the run's metrics.jsonl."""
   updates: dict[str, int] = {}
-  path = os.path.join(run_dir, "metrics.jsonl")
-  if not os.path.exists(path):
+  path = paths.as_path(run_dir) / "metrics.jsonl"
+  if not path.exists():
     return updates
-  with open(path, encoding="utf-8") as f:
+  with path.open("r") as f:
     for line in f:
       row = json.loads(line)
       if row.get("kind") == "train" and "updates" in row:
@@ -118,7 +117,8 @@ def run_study(config, workdir: str, say: Callable[[str], None] | None = None) ->
   """
   say = say or (lambda message: logging.info("%s", message))
   config = copy.deepcopy(config)
-  os.makedirs(workdir, exist_ok=True)
+  paths.check_bucket(workdir, "--workdir")
+  paths.as_path(workdir).mkdir(parents=True, exist_ok=True)
   summary = ensure_data(config, workdir)   # once, shared by every run of the study
   chance = None
   if summary is not None:
@@ -142,6 +142,6 @@ def run_study(config, workdir: str, say: Callable[[str], None] | None = None) ->
   out = {"tasks": rows, "mean": mean, "table": table, "seed": config.seed,
          "model": config.model.name,
          "iterations": max(int(multi[name].get("iteration", 0)) for name in task_names)}
-  write_atomically(os.path.join(workdir, "study.json"), json.dumps(out, indent=1))
-  write_atomically(os.path.join(workdir, "study.md"), table)
+  paths.write_text_atomically(paths.as_path(workdir) / "study.json", json.dumps(out, indent=1))
+  paths.write_text_atomically(paths.as_path(workdir) / "study.md", table)
   return out
