@@ -187,3 +187,21 @@ def local_mirror_of(location: PathLike) -> epath.Path:
 def describe(location: Any) -> str:
   """A location as shown to users: remote ones as given, local ones absolute."""
   return os.fspath(location) if is_remote(location) else os.path.abspath(os.fspath(location))
+
+
+def forget_cached_listings(location: PathLike | epath.Path) -> None:
+  """Drops this process's cached object listings at, under and above remote `location`.
+
+  gcsfs keeps every listing for the life of the process and takes an object's size from it
+  when opening the object, so a process that listed a folder reads objects another machine
+  has replaced since as their old length (silently truncated or padded). Call this before
+  reading objects that other processes may rewrite (manifests, mirrored datasets).
+  """
+  if not is_remote(location):
+    return
+  from etils.epath import backend  # noqa: PLC0415 - fsspec is only needed for remote paths
+  filesystem = backend.fsspec_backend.fs(os.fspath(location))
+  key = filesystem._strip_protocol(os.fspath(location)).rstrip("/")  # noqa: SLF001
+  for cached in [name for name in filesystem.dircache if name.startswith(key + "/")]:
+    filesystem.dircache.pop(cached, None)
+  filesystem.invalidate_cache(os.fspath(location))

@@ -2,11 +2,14 @@
 
     twelve-in-one prepare --task=vqa --release_dir=/data/12-in-1 --data_dir=/data/prepared
     twelve-in-one prepare --task=refcoco --release_dir=... --data_dir=... --splits=train,val
+    twelve-in-one prepare --task=vqa --release_dir=/data/12-in-1 --data_dir=gs://BUCKET/tfds
 
 Writes `<data_dir>/<task>/` (see `twelve_in_one/data/tfds_format.py`): array_record TFDS
 datasets of example and image records, float16 region features and precomputed token ids,
 without TensorFlow. Re-running with unchanged inputs is a no-op; an interrupted run leaves
 nothing that looks prepared. Ends with the per-split counts and what was skipped and why.
+A gs:// data_dir is built in this machine's cache and uploaded, its manifest last; the
+release itself must be on a local disk (or a gcsfuse mount).
 """
 
 from __future__ import annotations
@@ -17,14 +20,15 @@ from absl import flags
 
 from twelve_in_one.data.errors import DataError
 from twelve_in_one.data.prepare import prepare
+from twelve_in_one.paths import LocationError
 
 _TASK = flags.DEFINE_string("task", None, "task name, official name or TASKn key",
                             required=True)
 _RELEASE_DIR = flags.DEFINE_string("release_dir", None, "the official data release root (the "
                                    "folder holding datasets/), or datasets/ itself",
                                    required=True)
-_DATA_DIR = flags.DEFINE_string("data_dir", None, "where prepared datasets are written",
-                                required=True)
+_DATA_DIR = flags.DEFINE_string("data_dir", None, "where prepared datasets are written: a "
+                                "folder or a gs:// URL", required=True)
 _SPLITS = flags.DEFINE_list("splits", None, "splits to prepare (default: the task's train, "
                             "val and eval splits)")
 _VOCAB = flags.DEFINE_string("vocab", None, "bert-base-uncased style vocab.txt (default: the "
@@ -42,7 +46,8 @@ def main(argv):
     prepare(_TASK.value, _RELEASE_DIR.value, _DATA_DIR.value, splits=_SPLITS.value,
             vocab_path=_VOCAB.value, clean=_CLEAN.value, overwrite=_OVERWRITE.value,
             progress=_PROGRESS.value)
-  except DataError as error:
-    # Bad input is the user's to fix: the message names the file and record; no traceback.
+  except (DataError, LocationError) as error:
+    # Bad input or a bad location is the user's to fix: the message names the file and
+    # record, or the location and what was expected; no traceback.
     print(f"twelve-in-one prepare: {error}", file=sys.stderr)
     sys.exit(1)

