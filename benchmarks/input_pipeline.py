@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/input_pipeline.py [--images 1000] [--questions 8000]
         [--batch_size 32] [--batches 150] [--threads 0,2] [--workdir /tmp/tio_bench]
+        [--gcs_emulator | --data_dir gs://BUCKET/PATH]
 
 Writes a VQA-format release (a feature LMDB of `--images` images x 100 boxes x 2048 float32,
 questions, soft targets, the 3129-answer vocabulary), prepares it with `twelve-in-one prepare`
@@ -10,24 +11,36 @@ times the training pipeline (shuffle, read both records, assemble, batch, float1
 over the prepared array_record files. "Per core" is examples per second of process CPU time
 (all threads); with `--threads 0` everything runs in the calling thread. The files are in the
 page cache (just written), so this is the CPU cost, not a disk benchmark.
+
+With `--data_dir gs://...` (a real bucket) or `--gcs_emulator` (a local fake-gcs-server, the
+tests' `tests/gcs_emulator.py`, at gs://input-bench/prepared) the prepared data lives on Cloud
+Storage: it also times prepare's upload (MB/s), the first `open_prepared` (the copy to a fresh
+local mirror under `--workdir`: seconds and MB/s) and a second one (the mirror reused), then
+the pipeline reads the mirror as above. prepare always rebuilds then, so the upload is timed.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import os
 import pickle
 import platform
+import shutil
+import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
+from twelve_in_one import paths
 from twelve_in_one.data import pipeline
 from twelve_in_one.data.features import write_feature_lmdb
 from twelve_in_one.data.prepare import prepare
+from twelve_in_one.data.tfds_format import open_prepared
 from twelve_in_one.tasks.registry import get_task
 
 NUM_ANSWERS = 3129
@@ -71,7 +84,7 @@ def write_vqa_release(root: Path, num_images: int, num_questions: int, seed: int
   (dataroot / "cache" / "trainval_label2ans.pkl").write_bytes(pickle.dumps(answers))
 
 
-def time_pipeline(task, data_dir: Path, batch_size: int, batches: int, threads: int) -> dict:
+def time_pipeline(task, data_dir: Path | str, batch_size: int, batches: int, threads: int) -> dict:
   """Wall and CPU time of `batches` training batches after a short warm-up."""
   iterator = pipeline.task_iterator(task, data_dir, "train", seed=0,
                                     batch_size_per_process=batch_size, read_threads=threads)
@@ -88,6 +101,39 @@ def time_pipeline(task, data_dir: Path, batch_size: int, batches: int, threads: 
           "examples_per_cpu_s": examples / cpu, "cpu_cores_busy": cpu / wall}
 
 
+@contextlib.contextmanager
+def emulated_bucket() -> Iterator[str]:
+  """A fake-gcs-server on localhost (the tests' tooling) with one bucket; yields its data_dir."""
+  sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                  "tests"))
+  from gcs_emulator import running_emulator  # noqa: PLC0415 - test tooling, only for this flag
+  with running_emulator() as emulator:
+    os.environ.update(emulator.env)
+    yield emulator.create_bucket("input-bench") + "/prepared"
+
+
+def time_remote(task, release: Path, data_dir: str) -> None:
+  """Prepare into gs:// (upload timed), then the first (copying) and second open_prepared."""
+  start = time.perf_counter()
+  summary = prepare(task, release, data_dir, splits=["train"], clean=False, overwrite=True,
+                    progress=False, log=lambda line: None)
+  total = time.perf_counter() - start
+  megabytes = summary.uploaded_bytes / 1e6
+  print(f"prepare -> {data_dir}: {total:.1f} s in all, of which the upload {megabytes:.0f} MB "
+        f"in {summary.upload_seconds:.1f} s ({megabytes / summary.upload_seconds:.0f} MB/s)")
+  mirror = paths.local_mirror_of(f"{data_dir}/{task.name}")
+  shutil.rmtree(os.fspath(mirror), ignore_errors=True)
+  start = time.perf_counter()
+  open_prepared(task, data_dir)
+  first = time.perf_counter() - start
+  copied = sum(os.path.getsize(os.fspath(f)) for f in paths.files_under(mirror)) / 1e6
+  start = time.perf_counter()
+  open_prepared(task, data_dir)
+  again = time.perf_counter() - start
+  print(f"first open_prepared: {copied:.0f} MB copied to the local mirror in {first:.1f} s "
+        f"({copied / first:.0f} MB/s); second (mirror reused): {again * 1e3:.0f} ms")
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--images", type=int, default=1000)
@@ -96,6 +142,11 @@ def main() -> None:
   parser.add_argument("--batches", type=int, default=150)
   parser.add_argument("--threads", default="0,2", help="read threads to time, comma-separated")
   parser.add_argument("--workdir", default="/tmp/twelve_in_one_input_bench")
+  where = parser.add_mutually_exclusive_group()
+  where.add_argument("--data_dir", default=None,
+                     help="a gs:// URL to prepare into and read from (default: --workdir)")
+  where.add_argument("--gcs_emulator", action="store_true",
+                     help="prepare into a local Cloud Storage emulator (gs://input-bench)")
   args = parser.parse_args()
   workdir = Path(args.workdir)
   release, data_dir = workdir / "release", workdir / "prepared"
@@ -104,21 +155,28 @@ def main() -> None:
     write_vqa_release(release, args.images, args.questions)
     print(f"wrote the release in {time.perf_counter() - start:.1f} s")
   task = get_task("vqa")
-  start = time.perf_counter()
-  summary = prepare(task, release, data_dir, splits=["train"], clean=False, progress=False,
-                    log=lambda line: None)
-  if not summary.up_to_date:
-    seconds = time.perf_counter() - start
-    print(f"prepare: {args.images} images + {args.questions} questions in {seconds:.1f} s "
-          f"({args.images / seconds:.0f} images/s)")
-  print(f"{datetime.date.today()}  {platform.processor() or platform.machine()}, "
-        f"{os.cpu_count()} cores; VQA train, batch {args.batch_size}, 23+1 tokens, "
-        f"101 x 2048 regions (float16 stored -> float32 batches)")
-  for threads in (int(value) for value in args.threads.split(",")):
-    row = time_pipeline(task, data_dir, args.batch_size, args.batches, threads)
-    print(f"  read_threads={row['threads']}: {row['examples_per_s']:7.0f} examples/s wall, "
-          f"{row['examples_per_cpu_s']:7.0f} examples/s per core "
-          f"({row['cpu_cores_busy']:.2f} cores busy)")
+  with contextlib.ExitStack() as stack:
+    if args.gcs_emulator or args.data_dir:
+      # Mirrors go under --workdir, not the user's cache.
+      os.environ[paths.CACHE_ENV] = os.fspath(workdir / "cache")
+      data_dir = stack.enter_context(emulated_bucket()) if args.gcs_emulator else args.data_dir
+      time_remote(task, release, data_dir)
+    else:
+      start = time.perf_counter()
+      summary = prepare(task, release, data_dir, splits=["train"], clean=False, progress=False,
+                        log=lambda line: None)
+      if not summary.up_to_date:
+        seconds = time.perf_counter() - start
+        print(f"prepare: {args.images} images + {args.questions} questions in {seconds:.1f} s "
+              f"({args.images / seconds:.0f} images/s)")
+    print(f"{datetime.date.today()}  {platform.processor() or platform.machine()}, "
+          f"{os.cpu_count()} cores; VQA train, batch {args.batch_size}, 23+1 tokens, "
+          f"101 x 2048 regions (float16 stored -> float32 batches), read from {data_dir}")
+    for threads in (int(value) for value in args.threads.split(",")):
+      row = time_pipeline(task, data_dir, args.batch_size, args.batches, threads)
+      print(f"  read_threads={row['threads']}: {row['examples_per_s']:7.0f} examples/s wall, "
+            f"{row['examples_per_cpu_s']:7.0f} examples/s per core "
+            f"({row['cpu_cores_busy']:.2f} cores busy)")
 
 
 if __name__ == "__main__":
