@@ -15,13 +15,16 @@ can be pasted into a terminal; `--dry_run` prints them and runs nothing.
 reachable from the workers (an https URL of a public repository, or one the VM's credentials
 can read). `--ref` picks the branch, tag or commit.
 
-Data: `run --data_dir gs://BUCKET/PATH` passes the URL on as `--config.data.data_dir`; the
-pipeline reads gs:// directly. With `--mount_data`, `run` first mounts the bucket read-only on
-every worker with Cloud Storage FUSE (installing gcsfuse from Google's apt repository if
-needed) at `--mount_root/BUCKET`, and passes the mounted path instead, so the data is read
-through the kernel's page cache like a local disk. `mount --data_dir gs://BUCKET/PATH` does
-the mounting alone. A `--data_dir` that is not a gs:// URL must exist on every worker and is
-passed through as it is.
+Data: `run --data_dir gs://BUCKET/PATH` passes the URL on as `--config.data.data_dir`;
+each worker copies every task's prepared folder once into its local cache
+(`~/.cache/twelve_in_one`, or `$TWELVE_IN_ONE_CACHE`), checked against the bucket's manifest,
+and reads it from local disk (array_record reads local files only). With `--mount_data`, `run`
+first mounts the bucket read-only on every worker with Cloud Storage FUSE (installing gcsfuse
+from Google's apt repository if needed) at `--mount_root/BUCKET`, and passes the mounted path
+instead, so the data is read through the kernel's page cache with no copy on the boot disk
+(for prepared data larger than it). `mount --data_dir gs://BUCKET/PATH` does the mounting
+alone. A `--data_dir` that is not a gs:// URL must exist on every worker and is passed through
+as it is.
 
 `run` starts the same command on every worker (`--worker=all`) in the background under nohup,
 with its output in ~/twelve_in_one.log; each process reads its own data shard,

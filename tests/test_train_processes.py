@@ -1,4 +1,5 @@
-"""Training across processes: SIGKILL recovery, and 2 processes x 4 devices == 1 x 8."""
+"""Training across processes: SIGKILL recovery, and 2 processes x 4 devices == 1 x 8, the
+latter in a gs:// workdir on the local Cloud Storage emulator, as on a multi-host TPU VM."""
 
 import json
 import os
@@ -9,6 +10,7 @@ import sys
 import time
 
 import numpy as np
+from etils import epath
 
 from test_train import REPO, _flat, tiny_config_dict
 from twelve_in_one.train import loop as loop_lib
@@ -54,15 +56,16 @@ def _free_port() -> int:
 
 
 def _losses(workdir) -> list[tuple[int, str, float]]:
-  records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+  records = [json.loads(line) for line in (epath.Path(workdir) / "metrics.jsonl").read_text()
+             .splitlines()]
   return sorted((r["iteration"], r["task"], r["loss"]) for r in records
                 if r.get("kind") == "train")
 
 
-def test_two_processes_match_one_process_with_eight_devices(tmp_path, tiny_straight_run):
+def test_two_processes_match_one_process_with_eight_devices(gcs, tiny_straight_run):
   single, _ = tiny_straight_run   # the same config as `_cli`, one process with 8 devices
   port = _free_port()
-  multi = tmp_path / "multi"
+  multi = gcs.create_bucket("two-hosts") + "/run"
   env = dict(os.environ, XLA_FLAGS=os.environ["XLA_FLAGS"].replace(
       "device_count=8", "device_count=4"))
   env.pop("JAX_COMPILATION_CACHE_DIR")   # both processes compile alike, none reads the other's
@@ -76,3 +79,9 @@ def test_two_processes_match_one_process_with_eight_devices(tmp_path, tiny_strai
   one, two = _losses(single), _losses(multi)
   assert [(i, t) for i, t, _ in one] == [(i, t) for i, t, _ in two]
   np.testing.assert_allclose([l for *_, l in two], [l for *_, l in one], rtol=1e-5)
+  names = gcs.object_names("two-hosts", "run/")
+  # Process 0 alone wrote the logs (one event file); both wrote their shards of every save.
+  assert len([n for n in names if "events.out.tfevents" in n]) == 1
+  assert {"run/metrics.jsonl", "run/results.json", "run/results.md"} <= set(names)
+  final = [n for n in names if n.startswith("run/checkpoints/6/state/")]
+  assert any("process_0" in n for n in final) and any("process_1" in n for n in final), final
