@@ -53,6 +53,7 @@ class MetricsLog:
       if paths.is_remote(self._workdir):
         self._mirror = folder = tempfile.mkdtemp(prefix="twelve_in_one-logs-")
         remote = self._workdir / METRICS_FILE
+        paths.forget_cached_listings(self._workdir)   # another process may have rewritten it
         if remote.exists():   # a resumed run continues the bucket's file
           paths.copy_file(remote, paths.as_path(os.path.join(folder, METRICS_FILE)))
       self._file = open(os.path.join(folder, METRICS_FILE), "a", encoding="utf-8")
