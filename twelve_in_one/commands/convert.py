@@ -9,6 +9,11 @@
 
 Import prints the conversion report: parameters loaded, heads missing from the file (initialised
 as the official code does), unused official parameters dropped, the tied decoder checked.
+
+Every location (input, config, output) may be a local path or a `gs://` one:
+
+    twelve-in-one convert --input=gs://B/multi_task_model.bin --config=gs://B/config.json \\
+        --output=gs://B/ckpt/multi_task
 """
 
 from __future__ import annotations
@@ -19,11 +24,13 @@ import sys
 
 from absl import app, flags, logging
 
+from twelve_in_one import paths
+
 _INPUT = flags.DEFINE_string("input", None, "import: official state dict (.bin/.pt, .npz, "
                              ".safetensors); export: our checkpoint directory")
 _CONFIG = flags.DEFINE_string("config", None, "official JSON config (required for import; for "
                               "export, checked against the checkpoint's own config)")
-_OUTPUT = flags.DEFINE_string("output", None, "output directory")
+_OUTPUT = flags.DEFINE_string("output", None, "output directory (local or gs://)")
 _DIRECTION = flags.DEFINE_enum("direction", "import", ["import", "export"],
                                "import: official -> ours; export: ours -> official")
 _FORMAT = flags.DEFINE_enum("format", "npz", ["npz", "torch"],
@@ -40,43 +47,47 @@ def convert_import(input_path: str, config_path: str, output: str, *,
                    ignore_unexpected: bool = False, seed: int = 0,
                    overwrite: bool = False) -> str:
   """Official state dict -> our checkpoint at `output`; returns the report text."""
-  from twelve_in_one.interop.checkpoint_io import read_state_dict, save_params
+  from twelve_in_one.interop import checkpoint_io
   from twelve_in_one.interop.official import import_official
-  from twelve_in_one.models import ViLBertConfig
-  config = ViLBertConfig.from_json(config_path)
-  params, report = import_official(read_state_dict(input_path), config,
+  for location, flag in ((input_path, "--input"), (config_path, "--config"),
+                         (output, "--output")):
+    paths.check_bucket(location, flag)
+  config = checkpoint_io.read_official_config(config_path)
+  params, report = import_official(checkpoint_io.read_state_dict(input_path), config,
                                    allow_unexpected=ignore_unexpected, rng=seed,
                                    source=input_path)
-  path = save_params(output, params, config, overwrite=overwrite,
-                     meta={"source": os.path.abspath(input_path),
-                           "official_config": os.path.abspath(config_path),
-                           "conversion": report.to_json()})
+  meta = {"source": paths.describe(input_path), "official_config": paths.describe(config_path),
+          "conversion": report.to_json()}
+  path = checkpoint_io.save_params(output, params, config, meta=meta, overwrite=overwrite)
   return report.format() + f"\nwrote {path}"
 
 
 def convert_export(input_dir: str, output: str, fmt: str, *, config_path: str | None = None,
                    overwrite: bool = False) -> str:
-  """Our checkpoint -> official state dict + official config.json in `output`."""
-  from twelve_in_one.interop.checkpoint_io import load_params, write_state_dict
+  """Our checkpoint -> official state dict + official config.json in `output`.
+
+  The state dict is written first and config.json last, each as a whole file.
+  """
+  from twelve_in_one.interop import checkpoint_io
   from twelve_in_one.interop.official import TIED_ALIASES, export_official
-  from twelve_in_one.models import ViLBertConfig
-  params, config, _ = load_params(input_dir)
+  for location, flag in ((input_dir, "--input"), (config_path, "--config"), (output, "--output")):
+    paths.check_bucket(location, flag)
+  params, config, _ = checkpoint_io.load_params(input_dir)
   if config_path is not None:
-    given = ViLBertConfig.from_json(config_path).to_official_dict()
+    given = checkpoint_io.read_official_config(config_path).to_official_dict()
     stored = config.to_official_dict()
     differ = sorted(k for k in given if given[k] != stored.get(k))
     if differ:
       raise ValueError(f"{config_path}: differs from the checkpoint's config in "
                        f"{[f'{k}: {given[k]!r} vs {stored.get(k)!r}' for k in differ]}")
   state = export_official(params, config)
-  target = os.path.join(output, EXPORT_FILES[fmt])
-  config_out = os.path.join(output, "config.json")
+  folder = paths.as_path(output)
+  target, config_out = folder / EXPORT_FILES[fmt], folder / "config.json"
   for path in (target, config_out):
-    if os.path.exists(path) and not overwrite:
+    if path.exists() and not overwrite:
       raise FileExistsError(f"{path}: already exists (pass --overwrite to replace it)")
-  write_state_dict(target, state, tied=TIED_ALIASES)
-  with open(config_out, "w") as f:
-    json.dump(config.to_official_dict(), f, indent=2)
+  checkpoint_io.write_state_dict(os.fspath(target), state, tied=TIED_ALIASES)
+  paths.write_text_atomically(config_out, json.dumps(config.to_official_dict(), indent=2))
   values = sum(v.size for k, v in state.items() if k not in TIED_ALIASES)
   return (f"exported {len(state)} official names ({values:,} values; the tied decoder shares "
           f"the word embeddings) to {target}\nwrote the official config to {config_out}")

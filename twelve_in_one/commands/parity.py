@@ -16,8 +16,8 @@ import sys
 
 from absl import app, flags, logging
 
-_FIXTURE = flags.DEFINE_string("fixture", None, "fixture directory (config, state dict, "
-                               "inputs.npz, outputs.npz, manifest.json)")
+_FIXTURE = flags.DEFINE_string("fixture", None, "fixture directory, local or gs:// (config, "
+                               "state dict, inputs.npz, outputs.npz, manifest.json)")
 _TOLERANCE = flags.DEFINE_float("tolerance", 1e-5, "largest allowed max|ours - ref| / "
                                 "max(1, max|ref|) per array")
 _FLOAT64 = flags.DEFINE_bool("float64", False, "run in float64 (jax_enable_x64) against "
@@ -35,8 +35,10 @@ def main(argv: list[str]) -> int:
   if _FLOAT64.value:
     # Before any array exists: x64 changes the default dtypes of everything that follows.
     jax.config.update("jax_enable_x64", True)
+  from twelve_in_one import paths  # pylint: disable=import-outside-toplevel
   from twelve_in_one.interop.parity import run_parity  # pylint: disable=import-outside-toplevel
   try:
+    paths.check_bucket(_FIXTURE.value, "--fixture")
     report = run_parity(_FIXTURE.value, tolerance=_TOLERANCE.value, float64=_FLOAT64.value)
   except (ValueError, OSError) as e:
     print(f"twelve-in-one parity: error: {e}", file=sys.stderr)

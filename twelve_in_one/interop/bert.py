@@ -31,6 +31,7 @@ from typing import Any, Mapping
 import jax
 import numpy as np
 
+from twelve_in_one import paths
 from twelve_in_one.interop.checkpoint_io import read_state_dict
 from twelve_in_one.interop.names import TIED_DECODER, WORD_EMBEDDINGS, normalise_official_name
 from twelve_in_one.interop.official import (Rng, group_names, official_init, official_param_table,
@@ -201,17 +202,18 @@ def load_bert_checkpoint(path: str | os.PathLike, config: ViLBertConfig,
                          **kwargs: Any) -> tuple[dict, BertLoadReport]:
   """`load_bert` from a file, or from a HF model directory (its `config.json` is checked too).
 
-  Extra keyword arguments go to `load_bert`.
+  Both may be local or on Cloud Storage (`gs://...`). Extra keyword arguments go to
+  `load_bert`.
   """
   path = os.fspath(path)
-  if os.path.isdir(path):
-    candidates = [os.path.join(path, name) for name in WEIGHT_FILES]
-    found = [c for c in candidates if os.path.isfile(c)]
+  # epath, not os.path: a BERT download may have been copied to a bucket.
+  location = paths.as_path(path)
+  if location.is_dir():
+    found = [location / name for name in WEIGHT_FILES if (location / name).is_file()]
     if not found:
       raise FileNotFoundError(f"{path}: no BERT weights (looked for {list(WEIGHT_FILES)})")
-    hf_config = os.path.join(path, "config.json")
-    if os.path.isfile(hf_config):
-      with open(hf_config) as f:
-        check_bert_config(json.load(f), config, hf_config)
-    path = found[0]
+    hf_config = location / "config.json"
+    if hf_config.is_file():
+      check_bert_config(json.loads(hf_config.read_text()), config, os.fspath(hf_config))
+    path = os.fspath(found[0])
   return load_bert(read_state_dict(path), config, source=path, **kwargs)

@@ -8,6 +8,11 @@ a 1 GB download wants "this file is truncated", not a traceback from inside `zip
 Our own checkpoints are directories written by `save_params`: the parameter tree (orbax), the
 full `ViLBertConfig` as JSON beside it, and free-form metadata such as a conversion report.
 
+Every file and folder here may be local or on Cloud Storage (`gs://...`, through
+`etils.epath`). A bucket has no rename, so a remote export is written in an order that readers
+can trust instead: the parameters first, the metadata file last, and `load_params` refuses a
+folder without it.
+
 torch is optional: torch files are read without it (`torch_pickle`, so a TPU VM reads the
 official checkpoints, also from gs://), and it is imported only to write the torch format, where
 its absence is a clear error that points to the formats that need no torch.
@@ -16,6 +21,7 @@ its absence is a clear error that points to the formats that need no torch.
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import json
 import os
@@ -27,6 +33,7 @@ import jax
 import numpy as np
 from etils import epath
 
+from twelve_in_one import paths
 from twelve_in_one.interop import torch_pickle
 from twelve_in_one.models.config import ViLBertConfig
 
@@ -88,32 +95,39 @@ def _read_torch(path: str) -> dict[str, np.ndarray]:
 
 
 def _read_npz(path: str) -> dict[str, np.ndarray]:
-  try:
-    archive = np.load(path, allow_pickle=False)
-  except Exception as e:  # BadZipFile, EOFError, ValueError from a bad header
-    raise CheckpointError(f"{path}: cannot read it as an .npz archive; the file is truncated "
-                          f"or corrupt ({type(e).__name__}: {_first_line(e)})") from None
-  if not isinstance(archive, np.lib.npyio.NpzFile):
-    raise CheckpointError(f"{path}: holds a single .npy array, not an .npz archive of named "
-                          "arrays")
-  try:
-    # An npz is read lazily: reading every member here is what detects a truncated archive
-    # (a damaged member fails its CRC or decompression only when read).
-    return collections.OrderedDict((name, archive[name]) for name in archive.files)
-  except Exception as e:  # BadZipFile, zlib.error, EOFError, ValueError (object arrays)
-    raise CheckpointError(f"{path}: cannot read it as an .npz archive; the file is truncated "
-                          f"or corrupt ({type(e).__name__}: {_first_line(e)})") from None
-  finally:
-    archive.close()
+  # A remote archive is read through a seekable epath handle: zipfile reads the central
+  # directory and then each member, so no second copy of the whole file is held in memory.
+  with contextlib.ExitStack() as stack:
+    source = stack.enter_context(epath.Path(path).open("rb")) if paths.is_remote(path) else path
+    try:
+      archive = np.load(source, allow_pickle=False)
+    except Exception as e:  # BadZipFile, EOFError, ValueError from a bad header
+      raise CheckpointError(f"{path}: cannot read it as an .npz archive; the file is truncated "
+                            f"or corrupt ({type(e).__name__}: {_first_line(e)})") from None
+    if not isinstance(archive, np.lib.npyio.NpzFile):
+      raise CheckpointError(f"{path}: holds a single .npy array, not an .npz archive of named "
+                            "arrays")
+    try:
+      # An npz is read lazily: reading every member here is what detects a truncated archive
+      # (a damaged member fails its CRC or decompression only when read).
+      return collections.OrderedDict((name, archive[name]) for name in archive.files)
+    except Exception as e:  # BadZipFile, zlib.error, EOFError, ValueError (object arrays)
+      raise CheckpointError(f"{path}: cannot read it as an .npz archive; the file is truncated "
+                            f"or corrupt ({type(e).__name__}: {_first_line(e)})") from None
+    finally:
+      archive.close()
 
 
 def _read_safetensors(path: str) -> dict[str, np.ndarray]:
   try:
-    from safetensors.numpy import load_file  # pylint: disable=import-outside-toplevel
+    from safetensors.numpy import load, load_file  # pylint: disable=import-outside-toplevel
   except ImportError:
     raise CheckpointError(f"{path}: reading .safetensors needs the `safetensors` package, "
                           "which is not installed") from None
   try:
+    if paths.is_remote(path):
+      # load_file memory-maps a local file; an object is read whole and parsed from bytes.
+      return collections.OrderedDict(load(epath.Path(path).read_bytes()))
     return collections.OrderedDict(load_file(path))
   except Exception as e:  # SafetensorError (header/size), TypeError for bf16 in numpy...
     raise CheckpointError(f"{path}: cannot read it as a .safetensors file; the file is "
@@ -133,8 +147,8 @@ _READERS: dict[str, Callable[[str], dict[str, np.ndarray]]] = {
 def read_state_dict(path: str | os.PathLike) -> "collections.OrderedDict[str, np.ndarray]":
   """Reads a state dict (name -> numpy array) from a torch, .npz or .safetensors file.
 
-  A torch file is read without torch (see `torch_pickle`), local or on gs://; bfloat16 tensors
-  come back as float32.
+  Every format is read from a local file or a `gs://` object. A torch file is read without
+  torch (see `torch_pickle`); bfloat16 tensors come back as float32.
 
   Raises:
     FileNotFoundError: the file does not exist.
@@ -160,8 +174,19 @@ def _umask_mode(base: int) -> int:
 
 
 def _atomic_write(path: str, write: Callable[[str], None]) -> None:
-  """Writes through a temporary file in the same directory, then renames it into place, so an
-  interrupted export never leaves a complete-looking but truncated checkpoint."""
+  """Writes through a temporary file, so an interrupted export never leaves a complete-looking
+  but truncated checkpoint. `write(local_path)` writes the whole file.
+
+  Local: a temporary file in the same directory, renamed into place. Remote: a local temporary
+  file, uploaded once complete (a bucket has no rename, but an object appears whole when its
+  upload finishes, and the writers here need a local path anyway).
+  """
+  if paths.is_remote(path):
+    with tempfile.TemporaryDirectory(prefix="twelve_in_one_export_") as scratch:
+      local = os.path.join(scratch, os.path.basename(path))
+      write(local)
+      paths.copy_file(epath.Path(local), epath.Path(path))
+    return
   directory = os.path.dirname(os.path.abspath(path))
   os.makedirs(directory, exist_ok=True)
   fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.basename(path), dir=directory)
@@ -261,10 +286,19 @@ def save_params(path: str | os.PathLike, params: Mapping[str, Any], config: ViLB
                 meta: Mapping[str, Any] | None = None, *, overwrite: bool = False) -> str:
   """Writes `params` (orbax), `config.json` and `meta.json` into the directory `path`.
 
-  Everything is written into a temporary sibling directory that is renamed to `path` only when
-  complete, so a crash never leaves a complete-looking checkpoint. Returns the absolute path.
+  Local: everything is written into a temporary sibling directory that is renamed to `path`
+  only when complete. Remote (`gs://`, no rename): the parameters are written first and
+  `meta.json` last, so an interrupted export has no `meta.json` and `load_params` refuses it.
+  Either way a crash never leaves a complete-looking checkpoint.
+
+  Returns:
+    The checkpoint's location: absolute for a local one, as given for a remote one.
   """
-  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+  host = jax.tree.map(lambda leaf: np.asarray(jax.device_get(leaf)), params)
+  files = {CONFIG_FILE: json.dumps(config_to_json(config), indent=2),
+           META_FILE: json.dumps(dict(meta or {}), indent=2, default=str)}
+  if paths.is_remote(path):
+    return _save_params_remote(os.fspath(path).rstrip("/"), host, files, overwrite)
   path = os.path.abspath(os.fspath(path))
   if os.path.exists(path) and not overwrite:
     raise FileExistsError(f"{path}: already exists (pass overwrite=True to replace it)")
@@ -273,13 +307,10 @@ def save_params(path: str | os.PathLike, params: Mapping[str, Any], config: ViLB
   tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.tmp-", dir=parent)
   os.chmod(tmp, _umask_mode(0o777))
   try:
-    host = jax.tree.map(lambda leaf: np.asarray(jax.device_get(leaf)), params)
-    with ocp.StandardCheckpointer() as checkpointer:
-      checkpointer.save(os.path.join(tmp, PARAMS_DIR), host)
-    with open(os.path.join(tmp, CONFIG_FILE), "w") as f:
-      json.dump(config_to_json(config), f, indent=2)
-    with open(os.path.join(tmp, META_FILE), "w") as f:
-      json.dump(dict(meta or {}), f, indent=2, default=str)
+    _write_params(epath.Path(tmp) / PARAMS_DIR, host)
+    for name, text in files.items():
+      with open(os.path.join(tmp, name), "w") as f:
+        f.write(text)
     if os.path.exists(path):
       old = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.old-", dir=parent)
       os.rename(path, os.path.join(old, "previous"))
@@ -293,40 +324,84 @@ def save_params(path: str | os.PathLike, params: Mapping[str, Any], config: ViLB
   return path
 
 
-def load_params(path: str | os.PathLike) -> tuple[dict, ViLBertConfig, dict[str, Any]]:
-  """Reads a directory written by `save_params`: (params as numpy arrays, config, meta).
+def _write_params(directory: epath.Path, host: Any) -> None:
+  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+  with ocp.StandardCheckpointer() as checkpointer:
+    checkpointer.save(directory, host)
 
-  The restored tree is checked against the stored config, names and shapes.
+
+def _save_params_remote(path: str, host: Any, files: Mapping[str, str], overwrite: bool) -> str:
+  """`save_params` into a bucket: the parameters, then config.json, then meta.json last."""
+  paths.check_bucket(path, "params checkpoint")
+  target = epath.Path(path)
+  if target.exists():
+    if not overwrite:
+      raise FileExistsError(f"{path}: already exists (pass overwrite=True to replace it)")
+    # meta.json goes first: from here on the old checkpoint is incomplete, and says so.
+    if (target / META_FILE).exists():
+      (target / META_FILE).unlink()
+    paths.remove_tree(target)
+  _write_params(target / PARAMS_DIR, host)
+  for name in (CONFIG_FILE, META_FILE):   # meta.json last: it marks the export complete
+    paths.write_text_atomically(target / name, files[name])
+  return path
+
+
+def load_params(path: str | os.PathLike) -> tuple[dict, ViLBertConfig, dict[str, Any]]:
+  """Reads a directory written by `save_params`, local or remote: (params, config, meta).
+
+  The restored tree (numpy arrays) is checked against the stored config, names and shapes.
 
   Raises:
-    FileNotFoundError: `path` is not a directory written by `save_params`.
+    FileNotFoundError: `path` is not a directory written by `save_params`, or one whose
+      writing did not finish (no meta.json, which is written last).
     ValueError: a damaged config or orbax checkpoint, or params that do not fit the config.
   """
   import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
   # official.py imports this module; importing it back at call time avoids the cycle.
   from twelve_in_one.interop.official import check_params  # pylint: disable=import-outside-toplevel
-  path = os.path.abspath(os.fspath(path))
+  where = paths.as_path(os.fspath(path).rstrip("/") or "/")
+  path = os.fspath(where)
   for name in (PARAMS_DIR, CONFIG_FILE):
-    if not os.path.exists(os.path.join(path, name)):
+    if not (where / name).exists():
       raise FileNotFoundError(f"{path}: not a params checkpoint (no {name}); write one with "
                               "`twelve-in-one convert` or save_params")
-  config_path = os.path.join(path, CONFIG_FILE)
+  if not (where / META_FILE).exists():
+    raise FileNotFoundError(f"{path}: incomplete params checkpoint: no {META_FILE}, which is "
+                            "written last, so the export that wrote it did not finish; write it "
+                            "again (`twelve-in-one convert ... --overwrite`)")
+  config_path = os.fspath(where / CONFIG_FILE)
   try:
-    with open(config_path) as f:
-      config = config_from_json(json.load(f), config_path)
+    config = config_from_json(json.loads((where / CONFIG_FILE).read_text()), config_path)
   except json.JSONDecodeError as e:
     raise ValueError(f"{config_path}: not valid JSON ({e})") from None
-  meta_path = os.path.join(path, META_FILE)
-  meta = {}
-  if os.path.exists(meta_path):
-    with open(meta_path) as f:
-      meta = json.load(f)
+  meta_path = os.fspath(where / META_FILE)
+  try:
+    meta = json.loads((where / META_FILE).read_text())
+  except json.JSONDecodeError as e:
+    raise ValueError(f"{meta_path}: not valid JSON ({e})") from None
   try:
     with ocp.StandardCheckpointer() as checkpointer:
-      params = checkpointer.restore(os.path.join(path, PARAMS_DIR))
+      params = checkpointer.restore(where / PARAMS_DIR)
   except Exception as e:  # orbax/tensorstore errors on damaged files
-    raise ValueError(f"{os.path.join(path, PARAMS_DIR)}: cannot restore the orbax checkpoint "
-                     f"({type(e).__name__}: {str(e).splitlines()[0][:300]})") from None
+    raise ValueError(f"{os.fspath(where / PARAMS_DIR)}: cannot restore the orbax checkpoint "
+                     f"({type(e).__name__}: {_first_line(e)})") from None
   params = jax.tree.map(np.asarray, params)
   check_params(params, config)  # names and shapes against the stored config
   return params, config, meta
+
+
+def read_official_config(path: str | os.PathLike, **overrides: Any) -> ViLBertConfig:
+  """`ViLBertConfig.from_json` for a local or remote (`gs://`) official JSON config."""
+  location = paths.as_path(path)
+  if not location.is_file():
+    raise FileNotFoundError(f"{os.fspath(path)}: no such config file (an official JSON config "
+                            "such as bert_base_6layer_6conect.json)")
+  try:
+    values = json.loads(location.read_text())
+  except json.JSONDecodeError as e:
+    raise ValueError(f"{os.fspath(path)}: not valid JSON ({e})") from None
+  if not isinstance(values, dict):
+    raise ValueError(f"{os.fspath(path)}: expected a JSON object of config keys, got "
+                     f"{type(values).__name__}")
+  return ViLBertConfig.from_official_dict(values, source=os.fspath(path), **overrides)

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import glob
 import json
 import os
 from typing import Any
@@ -39,7 +38,8 @@ from typing import Any
 import jax
 import numpy as np
 
-from twelve_in_one.interop.checkpoint_io import read_state_dict
+from twelve_in_one import paths
+from twelve_in_one.interop.checkpoint_io import read_official_config, read_state_dict
 from twelve_in_one.interop.official import ConversionReport, import_official
 from twelve_in_one.models import ALL_OUTPUTS, BACKBONE_OUTPUTS, ViLBertConfig, ViLBertForVLTasks
 
@@ -109,19 +109,20 @@ class ParityReport:
 
 def _find_one(fixture_dir: str, patterns: tuple[str, ...], what: str) -> str:
   """The first pattern that matches exactly one file wins; ambiguity is an error."""
+  folder = paths.as_path(fixture_dir)   # epath: a fixture may sit in a gs:// bucket
   for pattern in patterns:
-    found = sorted(p for p in glob.glob(os.path.join(fixture_dir, pattern))
-                   if not os.path.basename(p).endswith("manifest.json"))
+    found = sorted(os.fspath(p) for p in folder.glob(pattern)
+                   if not p.name.endswith("manifest.json"))
     if len(found) == 1:
       return found[0]
     if len(found) > 1:
       raise ValueError(f"{fixture_dir}: several {what} files match {pattern}: "
-                       f"{[os.path.basename(p) for p in found]}")
+                       f"{[p.rsplit('/', 1)[-1] for p in found]}")
   raise FileNotFoundError(f"{fixture_dir}: no {what} file (looked for {list(patterns)})")
 
 
 def _load_npz(path: str) -> dict[str, np.ndarray]:
-  if not os.path.isfile(path):
+  if not paths.as_path(path).is_file():
     raise FileNotFoundError(f"{path}: missing from the fixture")
   return dict(read_state_dict(path))
 
@@ -181,19 +182,22 @@ def run_parity(fixture_dir: str | os.PathLike, *, tolerance: float = 1e-5,
   Returns:
     The report; `report.passed` is False if any compared array exceeds the tolerance.
   """
-  fixture_dir = os.fspath(fixture_dir)
+  fixture_dir = os.fspath(fixture_dir).rstrip("/")
+  paths.check_bucket(fixture_dir, "parity fixture")
   if float64 and not jax.config.jax_enable_x64:
     raise RuntimeError("float64 parity needs jax.config.update('jax_enable_x64', True) before "
                        "any computation (the `parity --float64` command does this)")
   dtype = np.float64 if float64 else np.float32
   config_path = _find_one(fixture_dir, ("*config*.json",), "official config")
-  config = ViLBertConfig.from_json(config_path, dtype="float64" if float64 else "float32")
+  config = read_official_config(config_path, dtype="float64" if float64 else "float32")
   state_path = _find_one(fixture_dir, ("*state_dict*.npz", "*state_dict*.safetensors",
                                        "*state_dict*.bin", "*state_dict*.pt"), "state dict")
   params, conversion = import_official(read_state_dict(state_path), config, dtype=dtype,
                                        source=state_path)
-  with open(os.path.join(fixture_dir, "manifest.json")) as f:
-    runs = json.load(f).get("runs")
+  manifest = paths.as_path(fixture_dir) / "manifest.json"
+  if not manifest.is_file():
+    raise FileNotFoundError(f"{manifest}: missing from the fixture")
+  runs = json.loads(manifest.read_text()).get("runs")
   if not runs:
     raise ValueError(f"{fixture_dir}/manifest.json: no \"runs\" to compare")
   inputs = _load_npz(os.path.join(fixture_dir, "inputs.npz"))

@@ -8,32 +8,43 @@
 
 `config.init.bert` loads a HF BERT (file or model directory) into the text stream and the
 masked-LM head first, as the official training starts from bert-base-uncased.
+
+Both may be local or on Cloud Storage (`gs://...`); a missing bucket, file or folder is one
+line naming the setting and the location, before anything is read.
 """
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import numpy as np
+from etils import epath
 from flax import traverse_util
 
+from twelve_in_one import paths
 from twelve_in_one.interop import bert as bert_io
 from twelve_in_one.interop import checkpoint_io, official
 from twelve_in_one.models.config import ViLBertConfig
 
 
 def load_init_params(config, model_config: ViLBertConfig, params: Any) -> tuple[Any, str]:
-  """(parameters, report text) after applying `config.init` to the freshly initialised ones."""
+  """(parameters, report text) after applying `config.init` to the freshly initialised ones.
+
+  Raises:
+    paths.LocationError: a missing bucket, file or folder (named with its config key).
+  """
   reports = []
   params = jax_to_numpy(params)
   if config.init.bert:
+    _check_exists(config.init.bert, "config.init.bert", "a HF BERT weights file or model folder")
     params, report = bert_io.load_bert_checkpoint(config.init.bert, model_config,
                                                   params=params)
     reports.append(report.format())
   path = config.init.checkpoint
   if path:
-    if os.path.isdir(path):
+    location = _check_exists(path, "config.init.checkpoint", _CHECKPOINT_KINDS)
+    # epath, not os.path: on a bucket a folder is a prefix, which os.path never sees.
+    if location.is_dir():
       loaded, saved_config, _ = checkpoint_io.load_params(path)
       _check_same_shapes(loaded, params, path)
       params = loaded
@@ -45,6 +56,19 @@ def load_init_params(config, model_config: ViLBertConfig, params: Any) -> tuple[
           source=path)
       reports.append(report.format())
   return params, "\n".join(reports)
+
+
+_CHECKPOINT_KINDS = ("an official .bin/.pt, .npz or .safetensors state dict, or a folder "
+                     "written by `twelve-in-one convert`")
+
+
+def _check_exists(location: str, key: str, expected: str) -> epath.Path:
+  """`location` as an epath; LocationError naming `key` when its bucket or itself is missing."""
+  paths.check_bucket(location, key)
+  path = paths.as_path(location)
+  if not path.exists():
+    raise paths.LocationError(f"{key} {location}: no such file or folder; expected {expected}")
+  return path
 
 
 def jax_to_numpy(tree: Any) -> Any:
