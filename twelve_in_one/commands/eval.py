@@ -10,7 +10,7 @@
 `--checkpoint` a params checkpoint from `twelve-in-one convert`. The run config gives the tasks
 and their settings, the data and the mesh, as for `train`. Files go to `--out_dir` (default
 `<workdir>/eval`): predictions/, submissions/ (VQA and GQA server format), results.md and
-results.json. See `twelve_in_one/evaluate/run.py`.
+results.json. Every location may be local or `gs://`. See `twelve_in_one/evaluate/run.py`.
 """
 
 from __future__ import annotations
@@ -43,7 +43,11 @@ def main(argv):
     raise SystemExit(f"unexpected arguments: {argv[1:]}")
   if bool(_WORKDIR.value) == bool(_CHECKPOINT.value):
     raise SystemExit("give exactly one of --workdir and --checkpoint")
+  from twelve_in_one import paths
   from twelve_in_one.evaluate.run import evaluate   # heavy imports after flag parsing
+  for location, flag in ((_WORKDIR.value, "--workdir"), (_CHECKPOINT.value, "--checkpoint"),
+                         (_OUT_DIR.value, "--out_dir")):
+    paths.check_bucket(location, flag)   # a missing bucket: one line, before the model loads
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
   result = evaluate(_CONFIG.value, _WORKDIR.value or _CHECKPOINT.value, _TASKS.value,

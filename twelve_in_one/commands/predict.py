@@ -14,17 +14,19 @@ needs the run's `--config`). With `--config`, the task's settings (text length, 
 the run's. NLVR2 takes two images: `--image_id a,b`. `--visualize` draws the image (from
 `--image`, else the release's picture when there is one, else a plain canvas of the stored
 size) with the chosen box and top regions or the answer, and the co-attention map.
+`--checkpoint`, `--features` (an .npz), `--image` and `--visualize` may be `gs://` locations.
 """
 
 from __future__ import annotations
 
-import glob
 import json
 import os
 import sys
 
 from absl import flags, logging
 from ml_collections import config_flags
+
+from twelve_in_one import paths
 
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "params checkpoint or training workdir",
                                   required=True)
@@ -49,12 +51,15 @@ _JSON = flags.DEFINE_bool("json", False, "print the result as JSON")
 
 def find_release_image(release_dir: str, image_id: str) -> str | None:
   """The generated release's picture of a feature key (`images/<pool>/<key>.png`), if any."""
+  images = paths.as_path(release_dir) / "images"   # epath: the release may be on gs://
+  if not images.is_dir():
+    return None
+  pools = sorted((pool for pool in images.iterdir() if pool.is_dir()), key=os.fspath)
   for key in (image_id, image_id.removeprefix("v7w_")):
-    for pattern in (f"{key}.png", f"{key}.jpg"):
-      found = sorted(glob.glob(os.path.join(glob.escape(release_dir), "images", "*",
-                                            glob.escape(pattern))))
-      if found:
-        return found[0]
+    for name in (f"{key}.png", f"{key}.jpg"):
+      for pool in pools:
+        if (pool / name).is_file():
+          return os.fspath(pool / name)
   return None
 
 
@@ -76,7 +81,7 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)    # orbax logs every restore at INFO
   try:
     run(_CONFIG.value)
-  except (ValueError, FileNotFoundError) as error:
+  except (ValueError, FileNotFoundError, paths.LocationError) as error:
     # Unknown task, image id not found, text too long, bad file: the message names it.
     print(f"twelve-in-one predict: {error}", file=sys.stderr)
     sys.exit(1)
@@ -88,6 +93,9 @@ def run(config) -> None:
   from twelve_in_one.evaluate.restore import load_model
   from twelve_in_one.evaluate.sources import answer_vocabulary
 
+  for location, flag in ((_CHECKPOINT.value, "--checkpoint"), (_FEATURES.value, "--features"),
+                         (_IMAGE.value, "--image"), (_VISUALIZE.value, "--visualize")):
+    paths.check_bucket(location, flag)
   task = _task(config, _TASK.value)
   release_dir = _RELEASE_DIR.value or (config.data.release_dir if config is not None else "")
   features_path = _FEATURES.value

@@ -16,6 +16,7 @@ record of a (kind, task, iteration) wins, as it describes the run that went on.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -27,6 +28,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
+
+from twelve_in_one import paths
 
 DPI = 100
 PANEL_SIZE = (500, 330)      # pixels per task panel
@@ -157,7 +160,12 @@ def _legend(figure, top: float) -> None:
 
 def plot_training(workdir: str, out_path: str | None = None,
                   tasks: Iterable[str] | None = None) -> str:
-  """Draws the curves of every task (or `tasks`) of the run in `workdir`; returns the PNG path."""
+  """Draws the curves of every task (or `tasks`) of the run in `workdir`; returns the PNG path.
+
+  `workdir` and `out_path` may be local or `gs://` locations.
+  """
+  paths.check_bucket(workdir, "plot workdir")
+  paths.check_bucket(out_path, "plot output")
   series = task_series(read_metrics(os.path.join(workdir, "metrics.jsonl")))
   if tasks:
     unknown = sorted(set(tasks) - set(series))
@@ -175,7 +183,7 @@ def plot_training(workdir: str, out_path: str | None = None,
   figure = Figure(figsize=(width / DPI, height / DPI), dpi=DPI)
   FigureCanvasAgg(figure)
   # Title and legend are placed in pixels from the top, so any number of rows fits.
-  shown = workdir if "://" in workdir else os.path.abspath(workdir)
+  shown = paths.describe(workdir)
   figure.suptitle(f"training curves: {shown}", fontsize=11,
                   y=1 - 6 / height, va="top")
   _legend(figure, 1 - 30 / height)
@@ -184,6 +192,9 @@ def plot_training(workdir: str, out_path: str | None = None,
   for index, (name, data) in enumerate(series.items()):
     _panel(figure.add_subplot(grid[index // columns, index % columns]), name, data, end)
   out_path = out_path or os.path.join(workdir, OUTPUT)
-  with epath.Path(out_path).open("wb") as f:
-    figure.savefig(f, dpi=DPI, format="png")
+  # Rendered in memory (a few hundred kB) and written whole: a reader, or a bucket, never
+  # holds half a picture, and the workdir may be gs://.
+  buffer = io.BytesIO()
+  figure.savefig(buffer, dpi=DPI, format="png")
+  paths.write_bytes_atomically(out_path, buffer.getvalue())
   return out_path

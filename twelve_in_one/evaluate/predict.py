@@ -32,6 +32,7 @@ from typing import Any, Sequence
 import jax
 import numpy as np
 
+from twelve_in_one import paths
 from twelve_in_one.data.features import (BottomUpTSV, FeatureLMDB, ImageFeatures,
                                          build_image_features, pad_regions)
 from twelve_in_one.evaluate.metrics import CLASSIFIERS, LABEL_NAMES
@@ -64,22 +65,28 @@ def load_features(path: str, image_id: str | None = None, feature_dim: int = 204
   """One image's regions from a release LMDB (with `image_id`), an `.npz` or a TSV file.
 
   An `.npz` holds `features` [N, D], `boxes` [N, 4] (pixel x1, y1, x2, y2), `image_w` and
-  `image_h` (and optionally `image_id`). A TSV without `image_id` must hold one row.
+  `image_h` (and optionally `image_id`); it may be local or on `gs://`. A TSV without
+  `image_id` must hold one row.
   """
   path = os.fspath(path)
   if path.endswith(".npz"):
-    if not os.path.isfile(path):
+    location = paths.as_path(path)   # epath: an .npz may sit in a gs:// bucket
+    if not location.is_file():
       raise FileNotFoundError(f"{path}: no such .npz feature file")
-    with np.load(path, allow_pickle=False) as archive:
+    with location.open("rb") as file, np.load(file, allow_pickle=False) as archive:
       missing = [k for k in ("features", "boxes", "image_w", "image_h") if k not in archive]
       if missing:
         raise ValueError(f"{path}: lacks {missing}; expected features [N, D], boxes [N, 4] "
                          "(pixels), image_w, image_h")
       stored = str(archive["image_id"]) if "image_id" in archive else None
-      return build_image_features(image_id or stored or os.path.basename(path)[:-4],
+      return build_image_features(image_id or stored or location.name[:-4],
                                   archive["features"], archive["boxes"],
                                   int(archive["image_h"]), int(archive["image_w"]),
                                   source=path, feature_dim=feature_dim)
+  if paths.is_remote(path):
+    # LMDB is a memory-mapped local database and the TSV reader seeks in local files.
+    raise FileNotFoundError(f"{path}: feature LMDBs and TSV files are read from a local disk; "
+                            "copy it to this machine (`gcloud storage cp -r`) or give an .npz")
   if path.endswith(".tsv"):
     reader = BottomUpTSV(path, feature_dim=feature_dim)
     if image_id is None:
@@ -96,9 +103,9 @@ def load_features(path: str, image_id: str | None = None, feature_dim: int = 204
 
 def release_features(release_dir: str, task: Task | str) -> str:
   """The feature LMDB of a task inside a release (the official one or the generated one)."""
-  from twelve_in_one.data.examples.context import datasets_root
+  from twelve_in_one.evaluate.sources import release_root
   task = get_task(task) if isinstance(task, str) else task
-  return os.fspath(datasets_root(release_dir) / task.features)
+  return os.fspath(release_root(release_dir) / task.features)
 
 
 def encode_text(task: Task, text: str, tokenizer, truncate: bool = False

@@ -10,6 +10,8 @@ Three kinds of path are accepted, told apart by what they hold:
 * one iteration of a workdir (`<dir>/checkpoints/<iteration>`).
 * a params checkpoint written by `twelve-in-one convert` / `checkpoint_io.save_params` (the
   config is stored beside the parameters).
+
+Each may be local or on Cloud Storage (`gs://...`): orbax reads through epath and tensorstore.
 """
 
 from __future__ import annotations
@@ -23,9 +25,9 @@ import flax.linen as nn
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
-from etils import epath
 from flax import traverse_util
 
+from twelve_in_one import paths
 from twelve_in_one.interop import checkpoint_io
 from twelve_in_one.models import ViLBertForVLTasks
 from twelve_in_one.models.config import ViLBertConfig
@@ -60,9 +62,8 @@ def checkpoint_kind(path: str) -> tuple[str, str, int | None]:
 
   Paths go through `etils.epath`, so a `gs://` workdir is recognised as a local one is.
   """
-  path = os.fspath(path).rstrip("/")
-  path = path if "://" in path else os.path.abspath(path)
-  where = epath.Path(path)
+  where = paths.as_path(os.fspath(path).rstrip("/") or "/")
+  path = os.fspath(where)
   if (where / checkpoint_io.CONFIG_FILE).is_file() and (where / checkpoint_io.PARAMS_DIR).is_dir():
     return "params", path, None
   if where.parent.name == "checkpoints" and where.name.isdigit() and (where / "state").is_dir():
@@ -144,7 +145,7 @@ def load_model(source: str, config=None, *, mesh=None, rules: tuple = (),
   if config is None:
     raise ValueError(f"{directory}: a training workdir needs the run's config (--config) to "
                      "know its model")
-  checkpoints = os.path.join(directory, "checkpoints")
+  checkpoints = os.fspath(paths.as_path(directory) / "checkpoints")   # keeps gs:// intact
   manager = _manager(checkpoints)
   steps = sorted(manager.all_steps())
   if not steps:
@@ -177,8 +178,7 @@ def load_model(source: str, config=None, *, mesh=None, rules: tuple = (),
       logging.warning("checkpoint %s/%d is unreadable (%s); trying the previous one",
                       checkpoints, step, type(error).__name__)
       continue
-    return LoadedModel(restored.state["params"], model_config, os.path.join(checkpoints,
-                                                                            str(step)), step)
+    return LoadedModel(restored.state["params"], model_config, f"{checkpoints}/{step}", step)
   raise FileNotFoundError(f"{checkpoints}: no readable checkpoint")
 
 

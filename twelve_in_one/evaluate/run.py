@@ -14,7 +14,8 @@ For each task and split (default: the task's official evaluation splits, `Task.e
 * `results.json` and `results.md`: the paper-style table (`paper.py`) and every number.
 
 Files go to `out_dir` (default `<workdir>/eval`, or `<checkpoint>-eval` beside a params
-checkpoint); only process 0 writes them.
+checkpoint); only process 0 writes them. The source and `out_dir` may be local or `gs://`
+(`etils.epath`); each file appears whole (see `submission.write_file`).
 """
 
 from __future__ import annotations
@@ -27,8 +28,8 @@ from typing import Any, Mapping, Sequence
 import jax
 import numpy as np
 import tqdm
-from etils import epath
 
+from twelve_in_one import paths
 from twelve_in_one.evaluate import paper, retrieval, submission
 from twelve_in_one.evaluate.metrics import (SplitScore, device_fields, item_records,
                                             make_prediction_step)
@@ -76,6 +77,7 @@ def _data_paths(config, workdir: str | None) -> tuple[str, str]:
 
 
 def default_out_dir(source: str) -> str:
+  """`<workdir>/eval` for a training run, `<checkpoint>-eval` beside a params checkpoint."""
   kind, directory, _ = checkpoint_kind(source)
   return os.path.join(directory, "eval") if kind == "workdir" else directory.rstrip("/") + "-eval"
 
@@ -105,6 +107,8 @@ def evaluate(config, source: str, tasks: Sequence[str] | None = None, split: str
     {"source", "iteration", "tasks": {task: {split: result}}, "table", "files"}.
   """
   started = time.perf_counter()
+  paths.check_bucket(source, "evaluation source")
+  paths.check_bucket(out_dir, "evaluation out_dir")
   selected = select_tasks(config, tasks)
   mesh = sharding.mesh_from_config(config.mesh)
   rules = tuple((name, tuple(axes) if isinstance(axes, list) else axes)
@@ -246,7 +250,7 @@ def _rank_split(task: Task, split: str, data, loaded: LoadedModel, mesh, rules,
 
 def load_results(out_dir: str) -> dict[str, Any]:
   """The `results.json` an earlier `evaluate` wrote into `out_dir`."""
-  path = epath.Path(out_dir) / "results.json"
+  path = paths.as_path(out_dir) / "results.json"
   if not path.is_file():
     raise FileNotFoundError(f"{path}: no evaluation results here (run `twelve-in-one eval`)")
   return json.loads(path.read_text())

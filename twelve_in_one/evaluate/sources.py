@@ -19,7 +19,9 @@ import os
 from typing import Any, Iterator, Sequence
 
 import numpy as np
+from etils import epath
 
+from twelve_in_one import paths
 from twelve_in_one.tasks.registry import Task
 from twelve_in_one.train.inputs import synthetic_task_data
 
@@ -27,6 +29,8 @@ from twelve_in_one.train.inputs import synthetic_task_data
 _VOCAB_LOADERS = {"vqa": ("vqa", "load_vqa_answer_vocab"),
                   "genome_qa": ("genome", "load_genome_answer_vocab"),
                   "gqa": ("gqa", "load_gqa_answer_vocab")}
+# The files those loaders read, under `<task dataroot>/cache/`.
+VOCAB_FILES = ("trainval_ans2label.pkl", "trainval_label2ans.pkl")
 
 
 @dataclasses.dataclass
@@ -41,21 +45,43 @@ class Ranking:
 def answer_vocabulary(task: Task, release_dir: str) -> list[str] | None:
   """label2ans of a question-answering task from a release; None for other tasks or no release.
 
+  The release may be local or on `gs://`; from a bucket, the two vocabulary pickles are copied
+  to this machine's cache first (the annotation readers open local files).
+
   Raises:
-    FileNotFoundError: the release lacks the task's annotation folder.
+    FileNotFoundError: the release lacks the task's annotation folder or vocabulary files.
     DataError: its `cache/trainval_label2ans.pkl` is missing or malformed (named).
   """
   if task.dataset not in _VOCAB_LOADERS or not release_dir:
     return None
   import importlib
-  from twelve_in_one.data.examples.context import datasets_root
   module, name = _VOCAB_LOADERS[task.dataset]
   loader = getattr(importlib.import_module(f"twelve_in_one.data.annotations.{module}"), name)
-  dataroot = datasets_root(release_dir) / task.dataroot
+  dataroot = release_root(release_dir) / task.dataroot
   if not dataroot.is_dir():
     raise FileNotFoundError(f"{dataroot}: the answer vocabulary of task {task.name} should be "
                             "under this folder of the release")
+  if paths.is_remote(dataroot):
+    local = paths.local_mirror_of(dataroot)
+    (local / "cache").mkdir(parents=True, exist_ok=True)
+    for file_name in VOCAB_FILES:
+      source = dataroot / "cache" / file_name
+      if not source.is_file():
+        raise FileNotFoundError(f"{source}: missing; the answer vocabulary of task {task.name} "
+                                "is read from it")
+      paths.copy_file(source, local / "cache" / file_name)   # small: always the current one
+    dataroot = local
   return list(loader(os.fspath(dataroot)).label2ans)
+
+
+def release_root(release_dir: str) -> epath.Path:
+  """The release's `datasets/` folder if present, else `release_dir`, local or `gs://`.
+
+  `data.examples.context.datasets_root` with epath: a pathlib path would turn `gs://b` into
+  the local `gs:/b`.
+  """
+  root = paths.as_path(release_dir)
+  return root / "datasets" if (root / "datasets").is_dir() else root
 
 
 class FirstImages:

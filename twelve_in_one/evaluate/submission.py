@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from etils import epath
 
+from twelve_in_one import paths
 from twelve_in_one.evaluate.metrics import CLASSIFIERS
 from twelve_in_one.tasks.registry import Task
 
@@ -87,17 +89,40 @@ def server_entries(task: Task, records: Iterable[Mapping[str, Any]]) -> list[dic
 
 
 def write_file(path: str, write: Callable[[Any], None], mode: str = "w") -> str:
-  """Writes a file atomically through `write(handle)` (a temporary file renamed into place).
+  """Writes a file through `write(handle)` so that readers never see a partial one.
 
-  Paths go through `etils.epath`, so `gs://` output folders work as local ones do.
+  Local: a temporary sibling renamed into place. Remote (`gs://`, no rename): a local temporary
+  file uploaded once `write` has finished. An object appears whole when its upload completes,
+  but writing straight into one would upload the part written so far if `write` failed.
+  Returns `path`.
   """
-  target = epath.Path(path)
+  target = paths.as_path(path)
+  encoding = None if "b" in mode else "utf-8"
+  if paths.is_remote(target):
+    with tempfile.TemporaryDirectory(prefix="twelve_in_one_upload_") as scratch:
+      local = os.path.join(scratch, target.name)
+      with open(local, mode, encoding=encoding) as handle:
+        write(handle)
+      paths.copy_file(epath.Path(local), target)
+    return path
   target.parent.mkdir(parents=True, exist_ok=True)
-  tmp = target.parent / f".{target.name}.tmp-{os.getpid()}"
-  with tmp.open(mode) as handle:
-    write(handle)
-  tmp.rename(target)
+  fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.tmp-", dir=os.fspath(target.parent))
+  try:
+    with os.fdopen(fd, mode, encoding=encoding) as handle:
+      write(handle)
+    os.chmod(tmp, 0o666 & ~_umask())   # mkstemp makes the file private; a plain open does not
+    os.replace(tmp, os.fspath(target))
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
   return path
+
+
+def _umask() -> int:
+  current = os.umask(0)
+  os.umask(current)
+  return current
 
 
 def write_json(path: str, content: Any) -> str:

@@ -20,6 +20,7 @@ Drawn with matplotlib's object API on the Agg canvas (no pyplot state, no displa
 
 from __future__ import annotations
 
+import io
 import os
 from typing import Any
 
@@ -29,6 +30,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
+from twelve_in_one import paths
 from twelve_in_one.evaluate.predict import Prediction
 
 DPI = 100
@@ -44,9 +46,10 @@ def load_image(image: Any, width: int, height: int) -> np.ndarray:
     return np.broadcast_to(np.asarray(CANVAS_COLOR, np.float32), (height, width, 3)).copy()
   if isinstance(image, (str, os.PathLike)):
     from PIL import Image
-    if not os.path.isfile(image):
+    location = paths.as_path(image)   # epath: the picture may be in a gs:// bucket
+    if not location.is_file():
       raise FileNotFoundError(f"{os.fspath(image)}: no such image file")
-    with Image.open(image) as opened:
+    with location.open("rb") as file, Image.open(io.BytesIO(file.read())) as opened:
       return np.asarray(opened.convert("RGB"))
   array = np.asarray(image)
   if array.ndim != 3 or array.shape[2] not in (3, 4):
@@ -134,7 +137,7 @@ def visualize(prediction: Prediction, out_path: str, image: Any = None) -> tuple
   """Draws the prediction into a PNG at `out_path`; returns its (width, height) in pixels.
 
   `image` is a path or an RGB array of the (first) image; None draws a plain canvas of the
-  stored image size.
+  stored image size. Both paths may be local or `gs://`.
   """
   first = prediction.images[0]
   width, height = first.image_w, first.image_h
@@ -177,6 +180,10 @@ def visualize(prediction: Prediction, out_path: str, image: Any = None) -> tuple
     matrix_axes.set_title("text → image attention, last co-attention block, mean over heads",
                           fontsize=11)
     figure.colorbar(shown, ax=matrix_axes, fraction=0.03, pad=0.01)
-  os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
-  figure.savefig(out_path, dpi=DPI)
+  # Rendered in memory and written whole, locally or to gs://; the suffix names the format
+  # (png, jpg, svg, pdf), as `savefig(path)` would infer it.
+  suffix = os.path.splitext(os.fspath(out_path))[1].lstrip(".").lower()
+  buffer = io.BytesIO()
+  figure.savefig(buffer, dpi=DPI, format=suffix or "png")
+  paths.write_bytes_atomically(out_path, buffer.getvalue())
   return size
