@@ -18,8 +18,10 @@ import pytest
 from etils import epath
 
 from test_train import _flat, tiny_config_dict
+from twelve_in_one.evaluate.run import evaluate
 from twelve_in_one.train import loop as loop_lib
 from twelve_in_one.train.schedule import Schedule
+from twelve_in_one.train.validate import run_model_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -88,6 +90,30 @@ def test_metrics_tensorboard_and_results_land_in_the_bucket(gcs, preempted_run,
   results = json.loads((root / "results.json").read_text())
   assert set(results) == {"vqa", "refcoco"} and results["vqa"]["metric"] == "soft accuracy"
   assert "| refcoco |" in (root / "results.md").read_text()
+
+
+def test_eval_and_plot_read_the_bucket_and_write_into_it(gcs, preempted_run):
+  workdir, _, _ = preempted_run
+  config = tiny_config_dict(tasks="vqa,refcoco")
+  answers = run_model_config(config).num_vqa_answers
+  vocab = {"vqa": [f"answer {i}" for i in range(answers)]}
+  result = evaluate(config, workdir, split="val", label2ans=vocab, progress=False)
+  assert result["iteration"] == 6 and result["out_dir"] == f"{workdir}/eval"
+  names = set(gcs.object_names("runs", "tiny/eval/"))
+  assert {"tiny/eval/results.md", "tiny/eval/results.json", "tiny/eval/predictions/vqa_minval.json",
+          "tiny/eval/predictions/refcoco_val.json"} <= names, names
+  saved = json.loads(epath.Path(f"{workdir}/eval/results.json").read_text())
+  for task in ("vqa", "refcoco"):
+    (split, entry), = result["tasks"][task].items()
+    assert saved["tasks"][task][split]["score"] == pytest.approx(entry["score"])
+    records = json.loads(epath.Path(f"{workdir}/eval/predictions/{task}_{split}.json")
+                         .read_text())
+    assert len(records) == entry["examples"] > 0
+
+  plotted = _cli("plot", f"--workdir={workdir}", timeout=120)
+  assert plotted.returncode == 0, plotted.stderr[-2000:]
+  png = epath.Path(f"{workdir}/training_curves.png").read_bytes()
+  assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
 
 
 def test_missing_bucket_is_one_clear_line(gcs, tmp_path):

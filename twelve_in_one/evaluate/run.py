@@ -37,6 +37,7 @@ from twelve_in_one.evaluate.restore import LoadedModel, checkpoint_kind, load_mo
 from twelve_in_one.evaluate.sources import FirstImages, PreparedSource, SyntheticSource
 from twelve_in_one.tasks.registry import Task, get_task
 from twelve_in_one.train import sharding
+from twelve_in_one.train.entry import generated_release_dir
 from twelve_in_one.train.steps import StepCache
 from twelve_in_one.train.validate import resolve_tasks, validate_config
 
@@ -72,7 +73,7 @@ def _data_paths(config, workdir: str | None) -> tuple[str, str]:
   """(data_dir, release_dir), defaulting as `train/entry.ensure_data` does for the smoke job."""
   data, generated = config.data, config.data.generate_if_missing and workdir
   data_dir = data.data_dir or (os.path.join(workdir, "prepared") if generated else "")
-  release_dir = data.release_dir or (os.path.join(workdir, "release") if generated else "")
+  release_dir = data.release_dir or (generated_release_dir(workdir) if generated else "")
   return data_dir, release_dir
 
 

@@ -19,6 +19,14 @@ from twelve_in_one.train.loop import RunResult, train_and_evaluate
 from twelve_in_one.train.validate import resolve_tasks
 
 
+def generated_release_dir(workdir: str) -> str:
+  """Where the smoke job generates the mini release: `<workdir>/release`, or, for a gs://
+  workdir, this machine's cache (its feature LMDBs must be local files)."""
+  if paths.is_remote(workdir):
+    return os.fspath(paths.local_mirror_of(workdir) / "release")
+  return os.path.join(workdir, "release")
+
+
 def ensure_data(config, workdir: str) -> dict | None:
   """Generates and prepares the embedded release when configured; returns its summary."""
   if config.data.source != "tfds" or not config.data.generate_if_missing:
@@ -26,9 +34,7 @@ def ensure_data(config, workdir: str) -> dict | None:
   from twelve_in_one.data.generate import generate, read_summary
   from twelve_in_one.data.prepare import prepare
 
-  default_root = (os.fspath(paths.local_mirror_of(workdir) / "release")
-                  if paths.is_remote(workdir) else os.path.join(workdir, "release"))
-  root = config.data.release_dir or default_root
+  root = config.data.release_dir or generated_release_dir(workdir)
   with config.unlocked():
     config.data.data_dir = config.data.data_dir or os.path.join(workdir, "prepared")
     config.data.release_dir = root
