@@ -9,9 +9,16 @@ once with glibc's huge-page tunable set (`hostmem.py`: faster CPU training steps
 BENCHMARKS.md); set `GLIBC_TUNABLES=glibc.malloc.hugetlb=0` to opt out. Other commands, and
 runs on TPU or GPU, start as they are.
 
-Errors a user can fix (a missing bucket or file, malformed data, a bad config value: every
-`ValueError` and `OSError`) are printed as one line, `twelve-in-one <command>: error: ...`,
-with exit status 1; set `TWELVE_IN_ONE_TRACEBACK=1` to see the traceback instead.
+Errors a user can fix are printed as one line on stderr, `twelve-in-one <command>: error: ...`,
+with the exit status saying whose move it is:
+
+    2    usage and config: an unknown flag or config key, a bad config value (ValueError)
+    1    data and I/O: a malformed file (DataError), a missing file or bucket, a full disk
+         (OSError), a training run that diverged (FloatingPointError)
+    143  `train` was preempted (SIGTERM) after saving; rerun the same command to resume
+
+`--traceback` (or `TWELVE_IN_ONE_TRACEBACK=1`) shows the full traceback instead.
+`twelve-in-one <command> --help` lists that command's own flags and exits 0.
 """
 
 from __future__ import annotations
@@ -46,6 +53,48 @@ def usage() -> str:
   return "\n".join(lines)
 
 
+def command_help(command: str, module) -> str:
+  """The command's docstring summary and its own flags (absl's `--help` lists only those of
+  the `__main__` module, which for the console script is this dispatcher)."""
+  from absl import flags  # noqa: PLC0415 - only when help is asked for
+  summary = (module.__doc__ or COMMANDS[command]).strip()
+  own = flags.FLAGS.module_help(module).strip()
+  return f"{summary}\n\nflags:\n{own.partition(chr(10))[2] if own else '  (none)'}"
+
+
+def exit_status(error: BaseException) -> int:
+  """2 for usage and config errors, 1 for data, I/O and divergence (see the module docs)."""
+  from twelve_in_one.data.errors import DataError  # noqa: PLC0415 - light, no jax
+  if isinstance(error, (DataError, OSError, ArithmeticError)):
+    return 1
+  return 2
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing with usage errors as one line and exit status 2."""
+  from absl import flags  # noqa: PLC0415
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as error:
+    message = str(error)
+    if "Traceback (most recent call last)" in message:   # config_flags embeds one; keep its end
+      lines = [line for line in message.splitlines() if line.strip()]
+      message = f"{lines[0].rstrip(':')}: {lines[-1].strip()}"
+  except (AttributeError, KeyError) as error:
+    # ml_collections reports an unknown override key as a bare "'key'"; name the argument.
+    key = str(error).strip("\"'")
+    named = [arg.split("=", 1)[0] for arg in argv[1:]
+             if arg.startswith("--config.") and key in arg.split("=", 1)[0].split(".")]
+    message = (f"{named[0] if named else '--config'}: the config has no field {key!r} "
+               "(`--help` lists the flags; the config file lists its fields)")
+  except SyntaxError as error:   # the config file itself does not parse
+    message = f"{error.filename}:{error.lineno}: the config file does not parse ({error.msg})"
+  except Exception as error:  # noqa: BLE001 - a config file that fails to load, a bad value
+    message = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+  print(f"{argv[0]}: error: {message}", file=sys.stderr)
+  sys.exit(2)
+
+
 def main(argv: list[str] | None = None) -> None:
   argv_is_the_process_command_line = argv is None
   argv = list(sys.argv if argv is None else argv)
@@ -56,18 +105,37 @@ def main(argv: list[str] | None = None) -> None:
   if command not in COMMANDS:
     print(f"twelve-in-one: unknown command {command!r}\n\n{usage()}", file=sys.stderr)
     sys.exit(2)
+  if "--traceback" in argv:
+    argv = [arg for arg in argv if arg != "--traceback"]
+    os.environ[TRACEBACK_ENV] = "1"
   if argv_is_the_process_command_line and hostmem.wants_huge_pages(command):
     # Before anything heavy is imported: glibc reads its tunables at process start only.
     hostmem.reexec_with_huge_pages()
   from absl import app  # imported late so `--help` of the dispatcher stays instant
   module = importlib.import_module(f"twelve_in_one.commands.{command}")
+  if any(arg in ("-h", "--help", "--helpshort", "-?") for arg in argv[2:]):
+    print(command_help(command, module))
+    sys.exit(0)
+  name = f"twelve-in-one {command}"
   try:
-    app.run(module.main, argv=[f"twelve-in-one {command}"] + argv[2:])
-  except (ValueError, OSError) as error:
+    app.run(module.main, argv=[name] + argv[2:], flags_parser=_parse_flags)
+  except (ValueError, OSError, ArithmeticError) as error:
     if os.environ.get(TRACEBACK_ENV, "") not in ("", "0"):
       raise
-    print(f"twelve-in-one {command}: error: {error}", file=sys.stderr)
-    sys.exit(1)
+    message = " ".join(str(error).split("\n")[0:1]) or type(error).__name__
+    status = exit_status(error)
+    if "Configuration is not available" in message:   # config_flags hides why the file failed
+      root = error
+      while root.__cause__ or root.__context__:
+        root = root.__cause__ or root.__context__
+      given = next((arg for arg in argv if arg.startswith("--config=")), "--config")
+      file = given.partition("=")[2].partition(":")[0]
+      why = ("no such file" if file and not os.path.exists(file) else
+             f"{type(root).__name__}: {str(root).splitlines()[0] if str(root) else 'no message'}")
+      message = f"{given}: cannot load the config file ({why})"
+      status = 2
+    print(f"{name}: error: {message}", file=sys.stderr)
+    sys.exit(status)
 
 
 if __name__ == "__main__":

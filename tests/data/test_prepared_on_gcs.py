@@ -264,6 +264,6 @@ def test_prepare_command_reports_a_missing_bucket_in_one_line(gcs, release, cach
   result = subprocess.run(command, capture_output=True, text=True, cwd=REPO_ROOT, timeout=120)
   assert result.returncode == 1 and "Traceback" not in result.stderr
   assert result.stderr.strip().splitlines() == [
-      "twelve-in-one prepare: data_dir gs://no-such-bucket-here/tfds: bucket "
+      "twelve-in-one prepare: error: data_dir gs://no-such-bucket-here/tfds: bucket "
       "gs://no-such-bucket-here does not exist or this machine's credentials cannot see it; "
       "create it (`gcloud storage buckets create gs://no-such-bucket-here`) or fix the path"]

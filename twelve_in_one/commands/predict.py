@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 
 from absl import flags, logging
 from ml_collections import config_flags
@@ -79,12 +78,9 @@ def main(argv):
     raise SystemExit(f"unexpected arguments: {argv[1:]}")
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)    # orbax logs every restore at INFO
-  try:
-    run(_CONFIG.value)
-  except (ValueError, FileNotFoundError, paths.LocationError) as error:
-    # Unknown task, image id not found, text too long, bad file: the message names it.
-    print(f"twelve-in-one predict: {error}", file=sys.stderr)
-    sys.exit(1)
+  # Unknown task, image id not found, text too long, bad file: the message names it, and the
+  # console script prints it as one line with the exit status of its kind (cli.py).
+  run(_CONFIG.value)
 
 
 def run(config) -> None:

@@ -49,5 +49,5 @@ def main(argv):
   except (DataError, LocationError) as error:
     # Bad input or a bad location is the user's to fix: the message names the file and
     # record, or the location and what was expected; no traceback.
-    print(f"twelve-in-one prepare: {error}", file=sys.stderr)
+    print(f"twelve-in-one prepare: error: {error}", file=sys.stderr)
     sys.exit(1)
