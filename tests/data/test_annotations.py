@@ -390,7 +390,7 @@ def test_hard_negative_pool(tmp_path):
   with pytest.raises(DataError, match=r"train_hard_pool: has shape \(3, 3\)"):
     load_hard_negatives(path)
   dump_pickle(path, {"train_image_list": [9, 25, 30], "train_hard_pool": pool + 1})
-  with pytest.raises(DataError, match=r"holds indices 1\.\.3"):
+  with pytest.raises(DataError, match=r"train_hard_pool row 0, column 1: holds index 3;"):
     load_hard_negatives(path)
 
 

@@ -7,11 +7,13 @@ AssertionError, JSONDecodeError without a line, a silently empty split) into a
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
+import math
 import os
 import pickle
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -66,12 +68,26 @@ def require_file(path: PathLike, what: str) -> str:
   return path
 
 
-def read_json(path: PathLike, what: str) -> Any:
-  """Load a JSON file; a missing or malformed file raises DataError."""
+def read_json(path: PathLike, what: str, *, unique_keys: bool = False) -> Any:
+  """Load a JSON file; a missing or malformed file raises DataError.
+
+  With ``unique_keys`` a key repeated within one object (which ``json`` would silently
+  resolve to the last value) is a DataError naming the key.
+  """
   path = require_file(path, what)
+
+  def no_repeats(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result = dict(pairs)
+    if len(result) < len(pairs):
+      seen: set[str] = set()
+      repeated = next(key for key, _ in pairs if key in seen or seen.add(key))
+      raise DataError.at(path, f"key {repeated!r}", "appears twice in one object (the later "
+                         "value would silently replace the earlier)", "unique keys")
+    return result
+
   with open(path, "rb") as handle:
     try:
-      return json.load(handle)
+      return json.load(handle, object_pairs_hook=no_repeats if unique_keys else None)
     except json.JSONDecodeError as error:
       raise DataError.at(path, f"line {error.lineno} column {error.colno}",
                          f"malformed JSON ({error.msg})", what) from error
@@ -104,9 +120,12 @@ def read_jsonl(path: PathLike, what: str) -> Iterator[tuple[int, dict[str, Any]]
 def read_pickle(path: PathLike, what: str) -> Any:
   """Load a pickle file (a trusted dataset file); failures raise DataError.
 
-  Pickles written by Python 2 (e.g. the RefCOCO ``refs(unc).p``) hold byte
-  strings; when the default ASCII decoding fails they are re-read with
-  latin-1, the standard way to load Python 2 pickles in Python 3.
+  Pickles written by Python 2 (e.g. the RefCOCO ``refs(unc).p``) hold their text as byte
+  strings, which Python 3 decodes as ASCII by default. When that fails they are re-read with
+  the byte strings kept as bytes, and each is decoded as UTF-8 (what Python 2 programs almost
+  always wrote: "café" is ``caf\\xc3\\xa9``), falling back to latin-1 only for bytes that are not
+  valid UTF-8. Decoding everything as latin-1 would turn "café" into "cafÃ©". Python 2
+  ``unicode`` objects are stored as UTF-8 and load unchanged either way.
   """
   path = require_file(path, what)
   with open(path, "rb") as handle:
@@ -115,9 +134,36 @@ def read_pickle(path: PathLike, what: str) -> Any:
     try:
       return pickle.loads(blob)
     except UnicodeDecodeError:
+      pass
+    try:
+      return _decode_py2_text(pickle.loads(blob, encoding="bytes"))
+    except (TypeError, ValueError, AttributeError):
+      # Objects whose state must be text (datetime, ...): the standard latin-1 route.
       return pickle.loads(blob, encoding="latin1")
   except Exception as error:
     raise DataError.at(path, "file", f"cannot be unpickled ({error})", what) from error
+
+
+def _decode_py2_text(value: Any) -> Any:
+  """``value`` with every bytes object (a Python 2 ``str``) decoded, containers rebuilt."""
+  if isinstance(value, bytes):
+    try:
+      return value.decode("utf-8")
+    except UnicodeDecodeError:
+      return value.decode("latin-1")
+  if isinstance(value, dict):
+    result = copy.copy(value)       # keeps a subclass and its state (defaultdict's factory)
+    result.clear()
+    result.update((_decode_py2_text(key), _decode_py2_text(item)) for key, item in value.items())
+    return result
+  if isinstance(value, (list, tuple, set, frozenset)):
+    return type(value)(_decode_py2_text(item) for item in value)
+  if isinstance(value, np.ndarray) and value.dtype == object:
+    result = np.empty_like(value)
+    for index, item in np.ndenumerate(value):
+      result[index] = _decode_py2_text(item)
+    return result
+  return value
 
 
 def require_fields(record: Any, fields: Sequence[str], path: PathLike, where: str) -> None:
@@ -129,6 +175,73 @@ def require_fields(record: Any, fields: Sequence[str], path: PathLike, where: st
   if missing:
     raise DataError.at(path, where, f"lacks fields {missing}",
                        f"fields {list(fields)}")
+
+
+def require_text(value: Any, path: PathLike, where: str, what: str) -> str:
+  """Return ``value`` if it is a string with a non-blank character, else raise DataError."""
+  if not isinstance(value, str):
+    raise DataError.at(path, where, f"is a {type(value).__name__}, not text", what)
+  if not value.strip():
+    raise DataError.at(path, where, f"is empty ({value!r})", what)
+  return value
+
+
+def check_questions(records: Sequence[Mapping[str, Any]], path: PathLike,
+                    row: Callable[[int], str], *, text_field: str | None = "question",
+                    id_field: str = "question_id",
+                    id_key: Callable[[Any], Any] | None = None) -> None:
+  """Raise DataError naming file, row and field for an empty question or a repeated id.
+
+  The official readers pass both silently: an empty question trains on [CLS] [SEP] alone,
+  and a repeated id makes two examples that evaluation files and servers cannot tell apart.
+
+  Args:
+    records: the question records, in file order.
+    path: their file.
+    row: names record ``i`` in messages (e.g. ``"record 3 (question_id 7)"``).
+    text_field: the question text's field; None for files without text (VQA targets).
+    id_field: the id field, unique within the file.
+    id_key: maps an id to what must be unique (e.g. ``int`` for GQA's string ids).
+  """
+  first: dict[Any, int] = {}
+  for index, record in enumerate(records):
+    if text_field is not None:
+      require_text(record[text_field], path, f"{row(index)}, field {text_field!r}",
+                   "the question text")
+    value = record[id_field]
+    key = id_key(value) if id_key is not None else value
+    try:
+      earlier = first.setdefault(key, index)
+    except TypeError:
+      raise DataError.at(path, f"{row(index)}, field {id_field!r}", f"is a "
+                         f"{type(value).__name__}", f"an integer {id_field}") from None
+    if earlier != index:
+      raise DataError.at(path, f"{row(index)}, field {id_field!r}", f"repeats the "
+                         f"{id_field} of {row(earlier)}", f"each {id_field} once")
+
+
+def check_scores(labels: Any, scores: Any, path: PathLike, where: str
+                 ) -> tuple[list[int], list[float]]:
+  """The answer's labels as ints and scores as finite floats, else a DataError naming the field.
+
+  A NaN or infinite soft score would pass every other check and surface only as a NaN loss.
+  """
+  try:
+    labels = [int(label) for label in labels]
+  except (TypeError, ValueError, OverflowError) as error:
+    raise DataError.at(path, f"{where}, field 'labels'", f"holds a non-integer ({error})",
+                       "integer answer labels") from None
+  try:
+    scores = [float(score) for score in scores]
+  except (TypeError, ValueError) as error:
+    raise DataError.at(path, f"{where}, field 'scores'", f"holds a non-number ({error})",
+                       "a soft score per label") from None
+  for position, score in enumerate(scores):
+    if not math.isfinite(score):
+      label = labels[position] if position < len(labels) else "?"
+      raise DataError.at(path, f"{where}, field 'scores'", f"score {position} (label {label}) "
+                         f"is {score}", "finite soft scores (0.3/0.6/0.9/1 for VQA)")
+  return labels, scores
 
 
 def require_nonempty(entries: Sequence[Any], path: PathLike, split: str) -> None:
@@ -204,8 +317,7 @@ def check_answer(answer: Any, num_labels: int, path: PathLike, where: str) -> di
     ``scores`` as a list of floats (other fields kept).
   """
   require_fields(answer, ("labels", "scores"), path, where)
-  labels = [int(label) for label in answer["labels"]]
-  scores = [float(score) for score in answer["scores"]]
+  labels, scores = check_scores(answer["labels"], answer["scores"], path, where)
   if len(labels) != len(scores):
     raise DataError.at(path, where, f"{len(labels)} labels but {len(scores)} scores",
                        "one score per label")

@@ -21,6 +21,8 @@ from twelve_in_one.data.annotations.common import (
     AnswerVocab,
     PathLike,
     check_answer,
+    check_questions,
+    check_scores,
     check_split,
     drop_clean_ids,
     load_answer_vocab,
@@ -64,9 +66,14 @@ def load_genome(dataroot: PathLike, split: str, *,
   if not isinstance(items, list):
     raise DataError.at(path, "file", f"holds a {type(items).__name__}",
                        "a list of {question_id, image_id, question, labels, scores}")
+  def row(index: int) -> str:
+    return f"record {index} (question_id {items[index]['question_id']!r})"
+
   for index, item in enumerate(items):
     require_fields(item, ("question_id", "image_id", "question", "labels", "scores"),
                    path, f"record {index}")
+    check_scores(item["labels"], item["scores"], path, row(index))
+  check_questions(items, path, row)
   items = sorted(items, key=lambda item: item["question_id"])
   items = items[:-VAL_SIZE] if split == "train" else items[-VAL_SIZE:]
   entries = [{
@@ -95,6 +102,7 @@ def load_genome_raw(path: PathLike) -> AnnotationSplit:
     raise DataError.at(path, "top level", f"is a JSON {type(images).__name__}",
                        "a list of {id, qas: [...]} per image")
   entries: list[dict[str, Any]] = []
+  qas: list[tuple[dict[str, Any], str]] = []
   for image_index, image in enumerate(images):
     require_fields(image, ("id", "qas"), path, f"image [{image_index}]")
     for qa_index, qa in enumerate(image["qas"]):
@@ -106,6 +114,8 @@ def load_genome_raw(path: PathLike) -> AnnotationSplit:
                            f"{image['id']}", "the QA's image_id to match its image")
       entries.append({"question_id": qa["qa_id"], "image_id": image_id,
                       "question": qa["question"], "answer": qa["answer"]})
+      qas.append((qa, where))
+  check_questions([qa for qa, _ in qas], path, lambda row: qas[row][1], id_field="qa_id")
   entries.sort(key=lambda entry: entry["question_id"])
   require_nonempty(entries, path, "raw")
   return AnnotationSplit(entries, SkipReport(), path, "raw")

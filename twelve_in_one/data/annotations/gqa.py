@@ -25,6 +25,8 @@ from twelve_in_one.data.annotations.common import (
     AnswerVocab,
     PathLike,
     check_answer,
+    check_questions,
+    check_scores,
     check_split,
     drop_clean_ids,
     load_answer_vocab,
@@ -55,7 +57,7 @@ def read_testdev_questions(path: PathLike) -> list[dict[str, Any]]:
     in file order (the official code does not sort the test split).
   """
   path = os.fspath(path)
-  data = read_json(path, "a dict question id -> {imageId, question, ...}")
+  data = read_json(path, "a dict question id -> {imageId, question, ...}", unique_keys=True)
   if not isinstance(data, dict):
     raise DataError.at(path, "top level", f"is a JSON {type(data).__name__}",
                        "an object mapping question id -> question record")
@@ -63,14 +65,21 @@ def read_testdev_questions(path: PathLike) -> list[dict[str, Any]]:
   for question_id, record in data.items():
     where = f"question {question_id!r}"
     require_fields(record, ("imageId", "question"), path, where)
-    try:
-      numeric_id = int(question_id)
-    except ValueError as error:
-      raise DataError.at(path, where, "question id is not an integer",
-                         "numeric question ids") from error
-    entries.append({"question_id": numeric_id, "image_id": record["imageId"],
-                    "question": record["question"]})
+    entries.append({"question_id": _numeric_id(question_id, path, where),
+                    "image_id": record["imageId"], "question": record["question"]})
+  keys = list(data)
+  # "07" and "7" are one id once cast to int, as the official reader casts them.
+  check_questions(entries, path, lambda row: f"question {keys[row]!r}")
   return entries
+
+
+def _numeric_id(question_id: Any, path: str, where: str) -> int:
+  try:
+    return int(question_id)
+  except (TypeError, ValueError) as error:
+    raise DataError.at(path, f"{where}, field 'question_id'", f"{question_id!r} is not an "
+                       "integer", "numeric question ids (the official reader casts to int)"
+                       ) from error
 
 
 def load_gqa(dataroot: PathLike, split: str, *,
@@ -105,9 +114,15 @@ def load_gqa(dataroot: PathLike, split: str, *,
   if not isinstance(items, list):
     raise DataError.at(path, "file", f"holds a {type(items).__name__}",
                        "a list of {question_id, image_id, question, labels, scores}")
+  def row(index: int) -> str:
+    return f"record {index} (question_id {items[index]['question_id']!r})"
+
   for index, item in enumerate(items):
     require_fields(item, ("question_id", "image_id", "question", "labels", "scores"),
                    path, f"record {index}")
+    _numeric_id(item["question_id"], path, row(index))
+    check_scores(item["labels"], item["scores"], path, row(index))
+  check_questions(items, path, row, id_key=int)
   items = sorted(items, key=lambda item: item["question_id"])
   if split == "trainval":
     items = items[:-MINVAL_SIZE]

@@ -149,12 +149,30 @@ class HardNegativePool:
     return [self.image_ids[int(index)] for index in self.pool[self.row_of[image_id], 1:]]
 
 
+def _whole_numbers(pool: np.ndarray, path: str) -> np.ndarray:
+  """A float pool, if every entry is a whole number; else DataError naming the row.
+
+  The official ``script/generate_pool.py`` fills a ``pymp.shared.array``, whose default dtype
+  is float64, so the released pools hold indices such as ``17.0``.
+  """
+  bad = ~np.isfinite(pool) | (pool != np.round(pool))
+  if bad.any():
+    row, column = (int(index) for index in np.argwhere(bad)[0])
+    raise DataError.at(path, f"train_hard_pool row {row}, column {column}",
+                       f"holds {float(pool[row, column])}, not a whole number",
+                       "indices into train_image_list (whole numbers, stored as int or float)")
+  return pool
+
+
 def load_hard_negatives(path: PathLike) -> HardNegativePool:
   """Read ``hard_negative[_cleaned].pkl`` = {train_image_list, train_hard_pool}.
 
+  Integer pools and float pools of whole numbers (what ``generate_pool.py`` writes) are read.
+
   Raises:
     DataError: missing keys, a pool whose row count differs from the image
-      list, or pool indices outside the image list.
+      list, a fractional or non-finite index (naming its row), or pool indices outside
+      the image list.
   """
   path = os.fspath(path)
   data = read_pickle(path, "a pickled dict {train_image_list, train_hard_pool}")
@@ -164,12 +182,17 @@ def load_hard_negatives(path: PathLike) -> HardNegativePool:
   if pool.ndim != 2 or pool.shape[0] != len(image_ids) or pool.shape[1] < 2:
     raise DataError.at(path, "train_hard_pool", f"has shape {pool.shape}",
                        f"[{len(image_ids)} (len(train_image_list)), >=2]")
-  if not np.issubdtype(pool.dtype, np.integer):
+  if np.issubdtype(pool.dtype, np.floating):
+    pool = _whole_numbers(pool, path)
+  elif not np.issubdtype(pool.dtype, np.integer):
     raise DataError.at(path, "train_hard_pool", f"has dtype {pool.dtype}",
                        "integer indices into train_image_list")
-  if pool.size and (pool.min() < 0 or pool.max() >= len(image_ids)):
-    raise DataError.at(path, "train_hard_pool", f"holds indices {pool.min()}..{pool.max()}",
-                       f"indices in [0, {len(image_ids)})")
+  outside = (pool < 0) | (pool >= len(image_ids))
+  if outside.any():
+    row, column = (int(index) for index in np.argwhere(outside)[0])
+    raise DataError.at(path, f"train_hard_pool row {row}, column {column}",
+                       f"holds index {pool[row, column].item()!r}",
+                       f"indices in [0, {len(image_ids)}) into train_image_list")
   require_nonempty(image_ids, path, "train")
   return HardNegativePool(image_ids, pool.astype(np.int64),
                           {image_id: row for row, image_id in enumerate(image_ids)})

@@ -35,6 +35,8 @@ from twelve_in_one.data.annotations.common import (
     PathLike,
     build_soft_target,
     check_answer,
+    check_questions,
+    check_scores,
     check_split,
     drop_clean_ids,
     load_answer_vocab,
@@ -94,6 +96,8 @@ def _read_questions_json(path: str) -> tuple[dict[str, Any], list[dict[str, Any]
   for index, question in enumerate(questions):
     require_fields(question, ("question_id", "image_id", "question"), path,
                    f"questions[{index}]")
+  check_questions(questions, path,
+                  lambda row: f"questions[{row}] (question_id {questions[row]['question_id']})")
   return data, sorted(questions, key=lambda question: question["question_id"])
 
 
@@ -102,9 +106,14 @@ def _read_targets(path: str) -> list[dict[str, Any]]:
   if not isinstance(targets, list):
     raise DataError.at(path, "file", f"holds a {type(targets).__name__}",
                        "a list of {question_id, image_id, labels, scores}")
+  def row(index: int) -> str:
+    return f"record {index} (question_id {targets[index]['question_id']})"
+
   for index, target in enumerate(targets):
     require_fields(target, ("question_id", "image_id", "labels", "scores"), path,
                    f"record {index}")
+    check_scores(target["labels"], target["scores"], path, row(index))
+  check_questions(targets, path, row, text_field=None)
   return sorted(targets, key=lambda target: target["question_id"])
 
 
@@ -213,9 +222,15 @@ def targets_from_raw_annotations(
                          for question in _read_questions(os.fspath(questions_file))}
   skipped = SkipReport()
   records = []
-  for index, annotation in enumerate(data["annotations"]):
+  annotations = data["annotations"]
+  for index, annotation in enumerate(annotations):
+    require_fields(annotation, ("question_id", "answers"), annotations_path,
+                   f"annotations[{index}]")
+  check_questions(annotations, annotations_path,
+                  lambda row: f"annotations[{row}] (question_id "
+                  f"{annotations[row]['question_id']})", text_field=None)
+  for index, annotation in enumerate(annotations):
     where = f"annotations[{index}]"
-    require_fields(annotation, ("question_id", "answers"), annotations_path, where)
     question_id = annotation["question_id"]
     image_id = annotation.get("image_id", image_of_question.get(question_id))
     if image_id is None:
