@@ -85,8 +85,30 @@ def _shared_environment(path: str) -> lmdb.Environment:
   except lmdb.Error as error:
     raise DataError.at(path, "LMDB environment", f"cannot be opened ({error})",
                        "a directory holding data.mdb") from error
+  try:
+    _check_complete(path, environment)
+  except DataError:
+    environment.close()
+    raise
   _ENVIRONMENTS[key] = (os.getpid(), environment)
   return environment
+
+
+def _check_complete(path: str, environment: lmdb.Environment) -> None:
+  """Raise DataError if the data file is shorter than its meta page says.
+
+  LMDB memory-maps the file and reads pages in place: reading a page past the end of a
+  truncated file (an interrupted copy or download) kills the process with SIGBUS, exit 135,
+  with no message. Opening reads only the two meta pages, with read(2); the newer of them
+  holds the last page number in use, so the file must reach (last_pgno + 1) * page size.
+  """
+  data_file = os.path.join(path, "data.mdb") if os.path.isdir(path) else path
+  size = os.path.getsize(data_file)
+  needed = (environment.info()["last_pgno"] + 1) * environment.stat()["psize"]
+  if size < needed:
+    raise DataError.at(data_file, "LMDB data file", f"is {size} bytes but its meta page "
+                       f"uses pages up to byte {needed} (truncated: an interrupted copy or "
+                       "download?)", "the complete file; copy or download it again")
 
 
 def close_feature_lmdb(path: str | os.PathLike[str]) -> None:
