@@ -7,7 +7,8 @@
 Writes `<data_dir>/<task>/` (see `twelve_in_one/data/tfds_format.py`): array_record TFDS
 datasets of example and image records, float16 region features and precomputed token ids,
 without TensorFlow. Re-running with unchanged inputs is a no-op; an interrupted run leaves
-nothing that looks prepared. Ends with the per-split counts and what was skipped and why.
+nothing that looks prepared. Ends with the per-split counts and what was skipped (or clipped)
+and why.
 A gs:// data_dir is built in this machine's cache and uploaded, its manifest last; the
 release itself must be on a local disk (or a gcsfuse mount).
 """
@@ -19,6 +20,7 @@ import sys
 from absl import flags
 
 from twelve_in_one.data.errors import DataError
+from twelve_in_one.data.features import DEFAULT_BOX_CLIP, DEFAULT_BOX_TOLERANCE
 from twelve_in_one.data.prepare import prepare
 from twelve_in_one.paths import LocationError
 
@@ -37,6 +39,10 @@ _CLEAN = flags.DEFINE_bool("clean_train_sets", True, "drop training images that 
                            "task's test set (the official default)")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "rebuild even if up to date")
 _PROGRESS = flags.DEFINE_bool("progress", True, "show progress bars")
+_STRICT_BOXES = flags.DEFINE_bool("strict_boxes", False, "refuse boxes more than "
+                                  f"{DEFAULT_BOX_TOLERANCE:g} px past their image's edge (by "
+                                  f"default boxes up to {DEFAULT_BOX_CLIP:g} px past it are "
+                                  "clipped to the image and counted in the summary)")
 
 
 def main(argv):
@@ -45,7 +51,7 @@ def main(argv):
   try:
     prepare(_TASK.value, _RELEASE_DIR.value, _DATA_DIR.value, splits=_SPLITS.value,
             vocab_path=_VOCAB.value, clean=_CLEAN.value, overwrite=_OVERWRITE.value,
-            progress=_PROGRESS.value)
+            progress=_PROGRESS.value, strict_boxes=_STRICT_BOXES.value)
   except (DataError, LocationError) as error:
     # Bad input or a bad location is the user's to fix: the message names the file and
     # record, or the location and what was expected; no traceback.

@@ -28,6 +28,7 @@ import numpy as np
 from twelve_in_one.data.errors import DataError
 from twelve_in_one.data.feature_files import BottomUpTSV, NpyFeatureFolder
 from twelve_in_one.data.regions import (
+    DEFAULT_BOX_CLIP,
     DEFAULT_BOX_TOLERANCE,
     DEFAULT_FEATURE_DIM,
     FeatureReader,
@@ -39,6 +40,7 @@ from twelve_in_one.data.regions import (
 )
 
 __all__ = [
+    "DEFAULT_BOX_CLIP",
     "DEFAULT_BOX_TOLERANCE",
     "DEFAULT_FEATURE_DIM",
     "DEFAULT_LMDB_MAP_SIZE",
@@ -132,9 +134,13 @@ class FeatureLMDB(FeatureReader):
 
   def __init__(self, path: str | os.PathLike[str], *,
                feature_dim: int = DEFAULT_FEATURE_DIM,
-               box_tolerance: float = DEFAULT_BOX_TOLERANCE) -> None:
-    """Open ``path`` (an LMDB directory or data file) and index its ids once."""
-    super().__init__(path, feature_dim, box_tolerance)
+               box_tolerance: float = DEFAULT_BOX_TOLERANCE,
+               box_clip: float = DEFAULT_BOX_CLIP) -> None:
+    """Open ``path`` (an LMDB directory or data file) and index its ids once.
+
+    ``box_tolerance`` and ``box_clip``: see :func:`build_image_features`.
+    """
+    super().__init__(path, feature_dim, box_tolerance, box_clip)
     with _shared_environment(self.path).begin(write=False) as txn:
       keys_blob = txn.get(KEYS_ENTRY)
     if keys_blob is None:

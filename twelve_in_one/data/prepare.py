@@ -9,6 +9,8 @@ What it guarantees:
   (format version, the task's shape fields, splits, clean flag, vocabulary SHA-256, and size
   and mtime of every input file: the task's annotation folder and feature LMDBs). A second run
   with the same inputs finds the same fingerprint and returns at once (`up_to_date=True`).
+* **Boxes a few pixels past the image edge** are clipped to the image and counted in the
+  summary and the manifest (`regions.py`); `strict_boxes=True` refuses them instead.
 * **Never a complete-looking partial dataset.** Everything is built in a hidden sibling
   `.<task>.incomplete-<pid>-<id>` and moved into place with one `rename` once the manifest,
   written last, is there. `open_prepared` only accepts a folder with a manifest. An
@@ -57,6 +59,11 @@ from twelve_in_one.data.examples import (
     datasets_root,
     task_splits,
 )
+from twelve_in_one.data.examples.common import (
+    CLIPPED_REF_BOXES,
+    CLIPPED_REGION_BOXES,
+    REF_BOX_CLIPPED,
+)
 from twelve_in_one.data.tfds_format import (
     EXAMPLES,
     FORMAT_VERSION,
@@ -91,7 +98,7 @@ class PrepareSummary:
       verb += (f" (uploaded {self.uploaded_bytes / 1e6:.1f} MB in {self.upload_seconds:.1f} s,"
                f" {self.uploaded_bytes / 1e6 / max(self.upload_seconds, 1e-9):.0f} MB/s)")
     lines = [f"{self.task}: {verb}: {self.path}",
-             f"  {'split':<10} {'examples':>10} {'images':>8}  skipped"]
+             f"  {'split':<10} {'examples':>10} {'images':>8}  skipped or clipped"]
     for split, info in self.splits.items():
       skipped = "; ".join(f"{reason}: {count}" for reason, count in info["skipped"].items())
       lines.append(f"  {split:<10} {info['examples']:>10} {info['images']:>8}  "
@@ -123,7 +130,7 @@ def fingerprint(context: BuildContext, splits: Sequence[str]) -> str:
   payload = {
       "format_version": FORMAT_VERSION,
       "task": {field: getattr(context.task, field) for field in SHAPE_FIELDS},
-      "splits": list(splits), "clean": context.clean,
+      "splits": list(splits), "clean": context.clean, "box_clip": context.box_clip,
       "vocab_sha256": file_sha256(context.tokenizer.vocab_path), "inputs": inputs,
   }
   return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
@@ -158,6 +165,7 @@ def _write_split(build_dir: Path, name: str, split: SplitExamples, progress: boo
     for index in tqdm.tqdm(range(len(split.image_keys)), desc=f"{name}/{split.split} images",
                            unit=" images", disable=not progress, mininterval=1.0):
       block = split.image(index)
+      split.skipped.add(CLIPPED_REGION_BOXES, block.clipped)
       # Targets that depend on the image's boxes (IoU) are computed on this single read.
       for user in users[index]:
         finished[user] = split.final_record(user, [block])
@@ -170,7 +178,9 @@ def _write_split(build_dir: Path, name: str, split: SplitExamples, progress: boo
   def examples():
     for index in tqdm.tqdm(range(len(split)), desc=f"{name}/{split.split} examples",
                            unit=" examples", disable=not progress, mininterval=1.0):
-      yield finished[index] if finished[index] is not None else split.final_record(index)
+      record = finished[index] if finished[index] is not None else split.final_record(index)
+      split.skipped.add(CLIPPED_REF_BOXES, int(bool(record.get(REF_BOX_CLIPPED))))
+      yield record
 
   image_bytes = layout.regions * (layout.feature_dim * 2 + 32)
   example_bytes = 8 * layout.seq_len + 4 * max(layout.regions, layout.num_classes) + 64
@@ -186,6 +196,7 @@ def _write_split(build_dir: Path, name: str, split: SplitExamples, progress: boo
 def prepare(task: Any, release_dir: str | os.PathLike[str], data_dir: str | os.PathLike[str],
             *, splits: Sequence[str] | None = None, vocab_path: str | None = None,
             clean: bool = True, overwrite: bool = False, progress: bool = True,
+            strict_boxes: bool = False,
             log: Callable[[str], None] = print) -> PrepareSummary:
   """Prepare one task's TFDS datasets under `<data_dir>/<task>`.
 
@@ -198,6 +209,8 @@ def prepare(task: Any, release_dir: str | os.PathLike[str], data_dir: str | os.P
     clean: apply the clean filter to training splits (the official default).
     overwrite: rebuild even if an up-to-date dataset exists.
     progress: show tqdm progress bars.
+    strict_boxes: refuse boxes past the image edge by more than 1 px instead of clipping
+      those within `regions.DEFAULT_BOX_CLIP` px (and counting them).
     log: where to print status lines.
 
   Returns:
@@ -219,7 +232,8 @@ def prepare(task: Any, release_dir: str | os.PathLike[str], data_dir: str | os.P
   splits = list(dict.fromkeys(splits)) if splits else task_splits(task)
   is_remote = paths.is_remote(data_dir)
   paths.check_bucket(data_dir, "data_dir")
-  context = BuildContext(task, datasets_root(release_dir), Tokenizer(vocab_path), clean)
+  context = BuildContext(task, datasets_root(release_dir), Tokenizer(vocab_path), clean,
+                         strict_boxes)
   key = fingerprint(context, splits)
   if is_remote:
     final: Path | epath.Path = paths.as_path(data_dir) / task.name
@@ -294,7 +308,7 @@ def _build(task: Any, release_dir: str | os.PathLike[str], splits: list[str],
       "format_version": FORMAT_VERSION, "fingerprint": key,
       "task": {field: getattr(task, field) for field in SHAPE_FIELDS},
       "layout": dataclasses.asdict(layout), "splits": counts, "clean": clean,
-      "vocab": os.fspath(context.tokenizer.vocab_path),
+      "strict_boxes": context.strict_boxes, "vocab": os.fspath(context.tokenizer.vocab_path),
       "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
   }
   (build_dir / MANIFEST).write_text(json.dumps(manifest, indent=1))

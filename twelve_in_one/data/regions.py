@@ -6,6 +6,16 @@ per-access transform of the official ``ImageFeaturesH5Reader`` (reference
 section 4.2): a global region (the mean of all region features) is prepended
 and every box gets a 5-d location. :func:`pad_regions` then cuts or pads to a
 task's fixed region count, as every official dataset class does.
+
+Boxes past the image edge: up to ``DEFAULT_BOX_TOLERANCE`` (1 px, rescaling
+round-off) they are kept as stored, as the official reader keeps them. Up to
+``DEFAULT_BOX_CLIP`` (4 px) past it they are clipped to the image and marked
+in ``ImageFeatures.clipped`` so ``prepare`` can count them: real releases hold
+a few such boxes (2 of 2,484 Visual Genome boxes overshoot by 2 px), and one
+of them must not abort a whole task. Beyond that, or with ``x2 < x1`` (an
+``[x, y, w, h]`` box read as xyxy), a box is an error naming file, image and
+box. ``box_clip=0`` (``prepare --strict_boxes``) turns every overshoot beyond
+the tolerance into that error.
 """
 
 from __future__ import annotations
@@ -24,6 +34,9 @@ DEFAULT_FEATURE_DIM = 2048
 # The detector clips boxes to [0, W-1] x [0, H-1]; rescaling by the image scale
 # can push a coordinate a fraction of a pixel past that, so allow one pixel.
 DEFAULT_BOX_TOLERANCE = 1.0
+# How far past the edge a box may reach and still be clipped to the image (see above); far
+# enough for the real overshoots seen, small next to any box misread as xywh or misscaled.
+DEFAULT_BOX_CLIP = 4.0
 ImageId = int | str | bytes | np.integer | np.str_
 
 
@@ -45,6 +58,8 @@ class ImageFeatures:
     num_boxes: number of regions including the global one (N + 1).
     image_h: original image height in pixels.
     image_w: original image width in pixels.
+    clipped: bool [num_boxes], True on rows whose box was clipped to the
+      image; None when no box was.
   """
 
   image_id: str
@@ -54,6 +69,7 @@ class ImageFeatures:
   num_boxes: int
   image_h: int
   image_w: int
+  clipped: np.ndarray | None = None
 
 
 def build_image_features(
@@ -66,6 +82,7 @@ def build_image_features(
     source: str | os.PathLike[str],
     feature_dim: int = DEFAULT_FEATURE_DIM,
     box_tolerance: float = DEFAULT_BOX_TOLERANCE,
+    box_clip: float = DEFAULT_BOX_CLIP,
 ) -> ImageFeatures:
   """Validate one image's raw boxes/features and apply the official transform.
 
@@ -77,7 +94,10 @@ def build_image_features(
     image_w: original image width in pixels.
     source: the file the data came from, named in errors.
     feature_dim: expected feature width.
-    box_tolerance: how many pixels a box may extend past the image border.
+    box_tolerance: how many pixels a box may extend past the image border
+      and be kept as stored.
+    box_clip: how many pixels it may extend past it and be clipped to the
+      image (0: none; only boxes beyond ``box_tolerance`` are clipped).
 
   Raises:
     DataError: on a wrong shape, a non-finite value, no regions, or a box
@@ -114,7 +134,10 @@ def build_image_features(
                        "positive image_w and image_h")
   if not np.isfinite(features).all():
     raise DataError.at(source, record, "features contain NaN or inf", "finite values")
-  _check_boxes(boxes, width, height, box_tolerance, source, record)
+  clipped = _check_boxes(boxes, width, height, box_tolerance, box_clip, source, record)
+  if clipped is not None:
+    boxes = boxes.copy()
+    boxes[clipped] = np.clip(boxes[clipped], 0, [width, height, width, height])
 
   # Same float32 arithmetic, in the same order, as ImageFeaturesH5Reader.
   global_feature = np.sum(features, axis=0) / num_regions
@@ -138,25 +161,34 @@ def build_image_features(
       num_boxes=num_regions + 1,
       image_h=height,
       image_w=width,
+      clipped=None if clipped is None else np.concatenate([[False], clipped]),
   )
 
 
-def _check_boxes(boxes: np.ndarray, width: int, height: int, tolerance: float,
-                 source: str | os.PathLike[str], record: str) -> None:
-  """Raise DataError naming the first box that does not lie inside its image."""
-  x1, y1, x2, y2 = boxes[:, 0], boxes[:, 1], boxes[:, 2], boxes[:, 3]
-  bad = ~np.isfinite(boxes).all(axis=1)
-  bad |= (x1 < -tolerance) | (y1 < -tolerance)
-  bad |= (x2 > width + tolerance) | (y2 > height + tolerance)
+def box_overshoot(boxes: np.ndarray, width: float, height: float) -> np.ndarray:
+  """How many pixels each x1, y1, x2, y2 box reaches past its image's edges (0 inside)."""
+  boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
+  return np.maximum.reduce([-boxes[:, 0], -boxes[:, 1], boxes[:, 2] - width,
+                            boxes[:, 3] - height, np.zeros(len(boxes), np.float32)])
+
+
+def _check_boxes(boxes: np.ndarray, width: int, height: int, tolerance: float, clip: float,
+                 source: str | os.PathLike[str], record: str) -> np.ndarray | None:
+  """The mask of boxes to clip (None if none); DataError naming the first bad box."""
+  overshoot = box_overshoot(boxes, width, height)
+  bad = ~np.isfinite(boxes).all(axis=1) | ~(overshoot <= max(tolerance, clip))
   # x2 < x1 is what an [x, y, w, h] box read as xyxy looks like (issue #77).
-  bad |= (x2 < x1) | (y2 < y1)
+  bad |= (boxes[:, 2] < boxes[:, 0]) | (boxes[:, 3] < boxes[:, 1])
   if bad.any():
     index = int(np.flatnonzero(bad)[0])
     raise DataError.at(
         source, f"{record}, box {index}",
         f"box {boxes[index].tolist()} is outside the {width}x{height} image",
         f"x1<=x2 within [0, {width}] and y1<=y2 within [0, {height}] "
-        f"(tolerance {tolerance} px), pixel x1,y1,x2,y2")
+        f"(tolerance {tolerance} px; clipped up to {clip} px past the edge), "
+        "pixel x1,y1,x2,y2")
+  clipped = overshoot > tolerance
+  return clipped if clipped.any() else None
 
 
 def pad_regions(
@@ -209,10 +241,11 @@ class FeatureReader(abc.ABC):
   """
 
   def __init__(self, path: str | os.PathLike[str], feature_dim: int,
-               box_tolerance: float) -> None:
+               box_tolerance: float, box_clip: float = DEFAULT_BOX_CLIP) -> None:
     self.path = os.fspath(path)
     self.feature_dim = feature_dim
     self.box_tolerance = box_tolerance
+    self.box_clip = box_clip
     self._ids: list[str] = []
     self._sorted_ids: list[str] | None = None
 
@@ -231,7 +264,7 @@ class FeatureReader(abc.ABC):
     features, boxes, image_h, image_w, source = self._read_raw(key)
     return build_image_features(key, features, boxes, image_h, image_w, source=source,
                                 feature_dim=self.feature_dim,
-                                box_tolerance=self.box_tolerance)
+                                box_tolerance=self.box_tolerance, box_clip=self.box_clip)
 
   def __contains__(self, image_id: object) -> bool:
     if not isinstance(image_id, (int, str, bytes, np.integer)):

@@ -24,7 +24,13 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from twelve_in_one.data.errors import DataError, SkipReport
-from twelve_in_one.data.features import DEFAULT_FEATURE_DIM, ImageFeatures
+from twelve_in_one.data.features import (
+    DEFAULT_BOX_CLIP,
+    DEFAULT_BOX_TOLERANCE,
+    DEFAULT_FEATURE_DIM,
+    ImageFeatures,
+)
+from twelve_in_one.data.regions import box_overshoot
 
 if TYPE_CHECKING:  # the registry imports jax; data code only needs its fields
   from twelve_in_one.tasks.registry import Task
@@ -42,6 +48,11 @@ KIND_OF_HEAD = {
 ONEHOT_CLASSES = {"VL-binary-classifier": 2, "VL-tri-classifier": 3}
 # Visual7W: the answer box plus its three multiple choices.
 VISUAL7W_CANDIDATES = 4
+# Skip-report reasons of boxes clipped to their image (see `regions.py`), counted by prepare.
+CLIPPED_REGION_BOXES = "region boxes past the image edge (clipped to the image)"
+CLIPPED_REF_BOXES = "annotated boxes past the image edge (clipped to the image)"
+# Marks a finished record whose annotated box was clipped (not a stored feature).
+REF_BOX_CLIPPED = "ref_box_clipped"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,6 +113,7 @@ class ImageBlock:
   pixel_boxes: np.ndarray | None = None   # [n, 4] float32
   width: int = 0
   height: int = 0
+  clipped: int = 0         # rows whose box was clipped to the image (counted by prepare)
 
   def to_record(self) -> dict[str, Any]:
     """The stored image record (features as float16)."""
@@ -114,7 +126,11 @@ def detected_block(image: ImageFeatures, max_regions: int) -> ImageBlock:
   kept = min(image.num_boxes, max_regions)
   return ImageBlock(image.image_id, image.features[:kept], image.boxes_norm5[:kept],
                     np.ones((kept,), np.int32), image.boxes_pixels5[:kept, :4],
-                    image.image_w, image.image_h)
+                    image.image_w, image.image_h, _clipped(image, slice(0, kept)))
+
+
+def _clipped(image: ImageFeatures, rows: slice) -> int:
+  return 0 if image.clipped is None else int(image.clipped[rows].sum())
 
 
 def mixed_block(detected: ImageFeatures, gt: ImageFeatures, max_regions: int, *,
@@ -148,7 +164,8 @@ def mixed_block(detected: ImageFeatures, gt: ImageFeatures, max_regions: int, *,
   mask = np.concatenate([np.ones((det_rows,), np.int32), np.zeros((gap,), np.int32),
                          np.ones((num_gt,), np.int32)])
   return ImageBlock(detected.image_id, features, loc, mask, boxes, detected.image_w,
-                    detected.image_h)
+                    detected.image_h, _clipped(detected, slice(0, det_rows))
+                    + _clipped(gt, gt_rows))
 
 
 def iou_plus_one(boxes: np.ndarray, ref_box: Sequence[float]) -> np.ndarray:
@@ -169,14 +186,27 @@ def iou_plus_one(boxes: np.ndarray, ref_box: Sequence[float]) -> np.ndarray:
 
 
 def check_ref_box(ref_box: Sequence[float], block: ImageBlock, source: str, where: str,
-                  tolerance: float = 1.0) -> None:
-  """Raise DataError if an annotated box does not lie inside its image."""
-  x1, y1, x2, y2 = (float(value) for value in ref_box)
-  if (x1 < -tolerance or y1 < -tolerance or x2 > block.width + tolerance
-      or y2 > block.height + tolerance or x2 < x1 or y2 < y1):
-    raise DataError.at(source, where, f"box {[x1, y1, x2, y2]} is outside its "
+                  tolerance: float = DEFAULT_BOX_TOLERANCE, clip: float = DEFAULT_BOX_CLIP
+                  ) -> tuple[list[float], bool]:
+  """The annotated box to use, and whether it was clipped to its image.
+
+  Within `tolerance` px of the image it is kept as annotated; up to `clip` px past the edge it
+  is clipped to the image (see `regions.py`).
+
+  Raises:
+    DataError: the box reaches further out, or has x2 < x1 or y2 < y1.
+  """
+  box = [float(value) for value in ref_box]
+  overshoot = float(box_overshoot(np.asarray(box, np.float32), block.width, block.height)[0])
+  if not overshoot <= max(tolerance, clip) or box[2] < box[0] or box[3] < box[1]:
+    raise DataError.at(source, where, f"box {box} is outside its "
                        f"{block.width}x{block.height} image {block.image_id!r}",
-                       "x1<=x2, y1<=y2 inside the image (pixels)")
+                       f"x1<=x2, y1<=y2 inside the image (pixels; tolerance {tolerance} px, "
+                       f"clipped up to {clip} px past the edge)")
+  if overshoot <= tolerance:
+    return box, False
+  limits = (block.width, block.height, block.width, block.height)
+  return [min(max(value, 0.0), float(limit)) for value, limit in zip(box, limits)], True
 
 
 def example_rng(seed: int, epoch: int, index: int) -> np.random.Generator:

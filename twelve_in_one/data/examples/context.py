@@ -9,7 +9,12 @@ from typing import TYPE_CHECKING, Any
 
 from twelve_in_one.data.annotations.clean import CLEAN_SOURCE_OF_DATASET, load_test_image_ids
 from twelve_in_one.data.errors import DataError
-from twelve_in_one.data.features import FeatureLMDB, FeatureReader, ImageFeatures
+from twelve_in_one.data.features import (
+    DEFAULT_BOX_CLIP,
+    FeatureLMDB,
+    FeatureReader,
+    ImageFeatures,
+)
 from twelve_in_one.data.tokenizer import Tokenizer
 
 if TYPE_CHECKING:
@@ -40,17 +45,25 @@ class BuildContext:
     tokenizer: the WordPiece tokenizer.
     clean: apply the "clean" filter (drop training images of any task's test set), as the
       official `--clean_train_sets True` default does.
+    strict_boxes: a box past its image's edge by more than the 1 px tolerance is an error;
+      by default up to `DEFAULT_BOX_CLIP` px it is clipped to the image (and counted).
   """
   task: Task
   datasets_dir: Path
   tokenizer: Tokenizer
   clean: bool = True
+  strict_boxes: bool = False
   _readers: dict[str, FeatureReader] = dataclasses.field(default_factory=dict)
 
   @property
   def dataroot(self) -> Path:
     """The task's annotation folder."""
     return self.datasets_dir / self.task.dataroot
+
+  @property
+  def box_clip(self) -> float:
+    """How many pixels past the image edge a box is clipped rather than refused."""
+    return 0.0 if self.strict_boxes else DEFAULT_BOX_CLIP
 
   def feature_path(self, gt: bool = False) -> Path:
     relative = self.task.gt_features if gt else self.task.features
@@ -62,7 +75,7 @@ class BuildContext:
     """The task's (GT-box) feature LMDB, opened once."""
     path = os.fspath(self.feature_path(gt))
     if path not in self._readers:
-      self._readers[path] = FeatureLMDB(path)
+      self._readers[path] = FeatureLMDB(path, box_clip=self.box_clip)
     return self._readers[path]
 
   def clean_ids(self, split: str) -> frozenset[int] | None:

@@ -42,6 +42,7 @@ from twelve_in_one.data.annotations.refer import SPLIT_BY_OF_DATASET, load_refer
 from twelve_in_one.data.annotations.visual7w import load_visual7w
 from twelve_in_one.data.errors import DataError
 from twelve_in_one.data.examples.common import (
+    REF_BOX_CLIPPED,
     ImageBlock,
     Layout,
     SplitExamples,
@@ -89,11 +90,12 @@ def build_refer_split(ctx: BuildContext, split: str) -> SplitExamples:
 
   def finish_record(record: dict[str, Any], blocks: list[ImageBlock]) -> dict[str, Any]:
     block = blocks[0]
-    check_ref_box(record["ref_box"], block, entries.source, record["example_key"])
-    iou = iou_plus_one(block.pixel_boxes, record["ref_box"])
+    ref_box, clipped = check_ref_box(record["ref_box"], block, entries.source,
+                                     record["example_key"], clip=ctx.box_clip)
+    iou = iou_plus_one(block.pixel_boxes, ref_box)
     target = np.zeros((regions,), np.float32)
     target[:iou.shape[0]] = _threshold(iou) if train else iou
-    return {**record, "target": target}
+    return {**record, "target": target, REF_BOX_CLIPPED: clipped}
 
   return SplitExamples(layout, split, records, images.keys, load_image, entries.skipped,
                        entries.source, finish_record=finish_record)
@@ -143,12 +145,13 @@ def _pointing_split(ctx: BuildContext, split: str, entries: Any, texts: list[str
 
   def finish_record(record: dict[str, Any], blocks: list[ImageBlock]) -> dict[str, Any]:
     block = blocks[0]
-    check_ref_box(record["ref_box"], block, entries.source, record["example_key"])
+    ref_box, clipped = check_ref_box(record["ref_box"], block, entries.source,
+                                     record["example_key"], clip=ctx.box_clip)
     real = record["num_real_candidates"]
     rows = detected + record["multiple_choice_ids"][:real]
     target = np.zeros((candidates,), np.float32)
-    target[:real] = _threshold(iou_plus_one(block.pixel_boxes[rows], record["ref_box"]))
-    return {**record, "target": target}
+    target[:real] = _threshold(iou_plus_one(block.pixel_boxes[rows], ref_box))
+    return {**record, "target": target, REF_BOX_CLIPPED: clipped}
 
   return SplitExamples(layout, split, records, images.keys, load_image, entries.skipped,
                        entries.source, finish_record=finish_record)
