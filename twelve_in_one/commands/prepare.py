@@ -7,8 +7,8 @@
 Writes `<data_dir>/<task>/` (see `twelve_in_one/data/tfds_format.py`): array_record TFDS
 datasets of example and image records, float16 region features and precomputed token ids,
 without TensorFlow. Re-running with unchanged inputs is a no-op; an interrupted run leaves
-nothing that looks prepared. Ends with the per-split counts and what was skipped (or clipped)
-and why.
+nothing that looks prepared; a damaged output file (a truncated shard) is named and rebuilt.
+Ends with the per-split counts and what was skipped (or clipped) and why.
 A gs:// data_dir is built in this machine's cache and uploaded, its manifest last; the
 release itself must be on a local disk (or a gcsfuse mount).
 """
@@ -43,6 +43,10 @@ _STRICT_BOXES = flags.DEFINE_bool("strict_boxes", False, "refuse boxes more than
                                   f"{DEFAULT_BOX_TOLERANCE:g} px past their image's edge (by "
                                   f"default boxes up to {DEFAULT_BOX_CLIP:g} px past it are "
                                   "clipped to the image and counted in the summary)")
+_VERIFY_CHECKSUMS = flags.DEFINE_bool("verify_checksums", False, "before answering 'already "
+                                      "prepared', compare every prepared file's SHA-256 with "
+                                      "the manifest (reads every byte; sizes and record counts "
+                                      "are always checked)")
 
 
 def main(argv):
@@ -51,7 +55,8 @@ def main(argv):
   try:
     prepare(_TASK.value, _RELEASE_DIR.value, _DATA_DIR.value, splits=_SPLITS.value,
             vocab_path=_VOCAB.value, clean=_CLEAN.value, overwrite=_OVERWRITE.value,
-            progress=_PROGRESS.value, strict_boxes=_STRICT_BOXES.value)
+            progress=_PROGRESS.value, strict_boxes=_STRICT_BOXES.value,
+            verify_checksums=_VERIFY_CHECKSUMS.value)
   except (DataError, LocationError) as error:
     # Bad input or a bad location is the user's to fix: the message names the file and
     # record, or the location and what was expected; no traceback.

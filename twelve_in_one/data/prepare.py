@@ -8,7 +8,10 @@ What it guarantees:
 * **Idempotent.** The manifest records a fingerprint of everything the output depends on
   (format version, the task's shape fields, splits, clean flag, vocabulary SHA-256, and size
   and mtime of every input file: the task's annotation folder and feature LMDBs). A second run
-  with the same inputs finds the same fingerprint and returns at once (`up_to_date=True`).
+  with the same inputs finds the same fingerprint, checks that every output file still has the
+  size and record count the manifest records (`integrity.py`), and returns at once
+  (`up_to_date=True`). A damaged file (a truncated shard) is named in one log line and the task
+  rebuilt; `verify_checksums=True` also compares every file's SHA-256.
 * **Boxes a few pixels past the image edge** are clipped to the image and counted in the
   summary and the manifest (`regions.py`); `strict_boxes=True` refuses them instead.
 * **Never a complete-looking partial dataset.** Everything is built in a hidden sibling
@@ -64,6 +67,7 @@ from twelve_in_one.data.examples.common import (
     CLIPPED_REGION_BOXES,
     REF_BOX_CLIPPED,
 )
+from twelve_in_one.data.integrity import check_files, check_remote_sizes, describe_files
 from twelve_in_one.data.tfds_format import (
     EXAMPLES,
     FORMAT_VERSION,
@@ -196,7 +200,7 @@ def _write_split(build_dir: Path, name: str, split: SplitExamples, progress: boo
 def prepare(task: Any, release_dir: str | os.PathLike[str], data_dir: str | os.PathLike[str],
             *, splits: Sequence[str] | None = None, vocab_path: str | None = None,
             clean: bool = True, overwrite: bool = False, progress: bool = True,
-            strict_boxes: bool = False,
+            strict_boxes: bool = False, verify_checksums: bool = False,
             log: Callable[[str], None] = print) -> PrepareSummary:
   """Prepare one task's TFDS datasets under `<data_dir>/<task>`.
 
@@ -211,6 +215,8 @@ def prepare(task: Any, release_dir: str | os.PathLike[str], data_dir: str | os.P
     progress: show tqdm progress bars.
     strict_boxes: refuse boxes past the image edge by more than 1 px instead of clipping
       those within `regions.DEFAULT_BOX_CLIP` px (and counting them).
+    verify_checksums: before answering "already prepared", also compare every file's SHA-256
+      with the manifest (reads every byte; local data_dir only, a bucket's sizes are checked).
     log: where to print status lines.
 
   Returns:
@@ -248,11 +254,20 @@ def prepare(task: Any, release_dir: str | os.PathLike[str], data_dir: str | os.P
     build_root = data_dir
   if manifest_bytes is not None and not overwrite:
     manifest = json.loads(manifest_bytes)
-    if manifest.get("fingerprint") == key:
-      summary = PrepareSummary(task.name, os.fspath(final), True, manifest["splits"])
-      log(summary.format())
-      return summary
-    log(f"{task.name}: inputs or settings changed since {manifest.get('created')}; rebuilding")
+    if manifest.get("format_version") != FORMAT_VERSION:
+      log(f"{task.name}: prepared in format {manifest.get('format_version')}, this version "
+          f"writes format {FORMAT_VERSION} (file sizes, record counts and checksums in the "
+          "manifest); rebuilding")
+    elif manifest.get("fingerprint") == key:
+      damage = _damage(final, manifest["files"], verify_checksums)
+      if damage is None:
+        summary = PrepareSummary(task.name, os.fspath(final), True, manifest["splits"])
+        log(summary.format())
+        return summary
+      log(f"{task.name}: {damage}; rebuilding")
+    else:
+      log(f"{task.name}: inputs or settings changed since {manifest.get('created')}; "
+          "rebuilding")
 
   start = time.perf_counter()
   build_root.mkdir(parents=True, exist_ok=True)
@@ -279,6 +294,18 @@ def prepare(task: Any, release_dir: str | os.PathLike[str], data_dir: str | os.P
                            time.perf_counter() - start, uploaded, upload_seconds)
   log(summary.format())
   return summary
+
+
+def _damage(final: Path | epath.Path, files: dict[str, Any], checksums: bool) -> str | None:
+  """Why the prepared folder `final` does not match its manifest's `files`, or None."""
+  try:
+    if paths.is_remote(final):
+      check_remote_sizes(final, files)
+    else:
+      check_files(final, files, checksums=checksums)
+  except DataError as error:
+    return str(error)
+  return None
 
 
 def _build(task: Any, release_dir: str | os.PathLike[str], splits: list[str],
@@ -310,6 +337,8 @@ def _build(task: Any, release_dir: str | os.PathLike[str], splits: list[str],
       "layout": dataclasses.asdict(layout), "splits": counts, "clean": clean,
       "strict_boxes": context.strict_boxes, "vocab": os.fspath(context.tokenizer.vocab_path),
       "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+      # Last: what `integrity.check_files` compares the folder with on every open.
+      "files": describe_files(build_dir, exclude=(MANIFEST,)),
   }
   (build_dir / MANIFEST).write_text(json.dumps(manifest, indent=1))
   return counts

@@ -14,7 +14,9 @@ forever), so prepared data never goes to or comes from a bucket record by record
   manifest has the same bytes as the remote one (every rebuild writes a new manifest: a new
   fingerprint or creation time). A new copy is downloaded into a hidden sibling, manifest last,
   checked against the manifest read before the download (a rebuild that ran meanwhile is caught
-  here) and renamed into place. Processes on one host take a lock so only one downloads; the
+  here), its files checked in full against the manifest's sizes, record counts and checksums,
+  and renamed into place. A reused copy is checked cheaply first (sizes and record counts): a
+  damaged one (a truncated file) is downloaded again, with a one-line warning. Processes on one host take a lock so only one downloads; the
   rename also resolves a race without it (the loser uses the winner's copy).
 """
 
@@ -27,7 +29,7 @@ import os
 import shutil
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from etils import epath
@@ -70,22 +72,30 @@ def publish(build_dir: Path, destination: epath.Path, manifest: str) -> int:
   return paths.copy_tree(build_dir, destination, last=[manifest])
 
 
-def mirror(source: epath.Path, manifest_bytes: bytes, manifest: str) -> Path:
+def mirror(source: epath.Path, manifest_bytes: bytes, manifest: str,
+           verify: Callable[[Path, bool], None] | None = None) -> Path:
   """A local copy of remote folder `source`, whose manifest has bytes `manifest_bytes`.
 
-  Reuses `paths.local_mirror_of(source)` when its manifest matches; downloads it otherwise
-  and logs one line with the bytes copied and the seconds taken.
+  Reuses `paths.local_mirror_of(source)` when its manifest matches and `verify(copy, False)`
+  passes; a copy that fails it (a truncated or deleted file) is set aside with a one-line
+  warning and downloaded again. A new copy must pass `verify(copy, True)` (the full check)
+  before it is put in place. Logs one line with the bytes copied and the seconds taken.
 
   Raises:
-    DataError: `source` changed while it was being copied (a prepare is rewriting it).
+    DataError: `source` changed while it was being copied (a prepare is rewriting it), or the
+      new copy fails `verify` (the bucket's file is damaged, or the transfer failed).
   """
   local = Path(os.fspath(paths.local_mirror_of(source)))
-  if _manifest_of(local, manifest) == manifest_bytes:
+  if _manifest_of(local, manifest) == manifest_bytes and _intact(local, verify, warn=False):
     return local
   local.parent.mkdir(parents=True, exist_ok=True)
   with _host_lock(local.parent / f".{local.name}.lock"):
-    if _manifest_of(local, manifest) == manifest_bytes:   # another process just copied it
-      return local
+    if _manifest_of(local, manifest) == manifest_bytes:
+      if _intact(local, verify, warn=True):   # another process just copied it
+        return local
+      # Set the damaged copy aside (removed below with the other leftovers), so that
+      # `install` does not keep it for having the same manifest.
+      local.rename(local.parent / f".{local.name}.old-{uuid.uuid4().hex[:8]}")
     remove_leftovers(local.parent, local.name)
     incoming = local.parent / f".{local.name}.incoming-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
@@ -96,12 +106,31 @@ def mirror(source: epath.Path, manifest_bytes: bytes, manifest: str) -> Path:
         raise DataError.at(source, "prepared dataset", "changed while it was being copied to "
                            f"{local} (is a prepare rewriting it?)", "it to stay unchanged; "
                            "retry once that prepare has finished")
+      if verify is not None:
+        try:
+          verify(incoming, True)
+        except DataError as error:
+          raise DataError(f"{error} (found in the copy just downloaded to this machine: the "
+                          "bucket's file is damaged or the transfer failed)") from None
       install(incoming, local, manifest)
     finally:
       shutil.rmtree(incoming, ignore_errors=True)
   logging.info("copied %s to %s: %.1f MB in %.1f s (%.0f MB/s)", os.fspath(source), local,
                copied / 1e6, seconds, copied / 1e6 / max(seconds, 1e-9))
   return local
+
+
+def _intact(local: Path, verify: Callable[[Path, bool], None] | None, warn: bool) -> bool:
+  """Whether the local copy passes the cheap check; logs why not when `warn`."""
+  if verify is None:
+    return True
+  try:
+    verify(local, False)
+  except DataError as error:
+    if warn:
+      logging.warning("%s; downloading the dataset again", error)
+    return False
+  return True
 
 
 def install(incoming: Path, local: Path, manifest: str) -> None:

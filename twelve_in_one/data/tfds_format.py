@@ -2,7 +2,8 @@
 
 A prepared task lives in `<data_dir>/<task>/`:
 
-    prepared.json              manifest, written last: fingerprint, layout, counts, skips
+    prepared.json              manifest, written last: fingerprint, layout, counts, skips, and
+                               each file's size, SHA-256 and record count (`integrity.py`)
     examples/1.0.0/            TFDS dataset `<task>`, config `examples`: one record per example
     images/1.0.0/              TFDS dataset `<task>`, config `images`: one record per image
     tables-<split>.npz         retrieval only: captions per image, hard negatives
@@ -45,8 +46,11 @@ from twelve_in_one import paths
 from twelve_in_one.data import remote
 from twelve_in_one.data.errors import DataError
 from twelve_in_one.data.examples.common import Layout
+from twelve_in_one.data.integrity import check_files
 
-FORMAT_VERSION = 1
+# 2: the manifest records every file's size, SHA-256 and record count (`files`). Version-1
+# datasets hold the same records but nothing to check them against: prepare rebuilds them.
+FORMAT_VERSION = 2
 TFDS_VERSION = "1.0.0"
 MANIFEST = "prepared.json"
 EXAMPLES, IMAGES = "examples", "images"
@@ -239,12 +243,15 @@ SHAPE_FIELDS = ("head_type", "dataset", "max_seq_length", "max_region_num", "num
 def open_prepared(task: Any, data_dir: str | os.PathLike[str]) -> PreparedTask:
   """Open `<data_dir>/<task.name>` and check it was completely prepared for `task`'s shapes.
 
-  A `gs://` data_dir is checked through its manifest first (no download for a mismatch), then
-  mirrored to this machine's cache (`remote.mirror`; reused while the remote manifest is
-  unchanged) and read there.
+  Every file's size and every shard's record count are checked against the manifest (see
+  `integrity.py`; no record is read). A `gs://` data_dir is checked through its manifest first
+  (no download for a mismatch), then mirrored to this machine's cache (`remote.mirror`; reused
+  while the remote manifest is unchanged and the copy intact, downloaded again otherwise) and
+  read there.
 
   Raises:
-    DataError: not prepared, or left by an interrupted run (no manifest).
+    DataError: not prepared, left by an interrupted run (no manifest), prepared by an older
+      format, or a damaged file (named).
     ValueError: prepared with other shapes than `task` asks for.
     paths.LocationError: the bucket does not exist or cannot be read.
   """
@@ -265,12 +272,24 @@ def open_prepared(task: Any, data_dir: str | os.PathLike[str]) -> PreparedTask:
   manifest = json.loads(manifest_bytes)
   if manifest.get("format_version") != FORMAT_VERSION:
     raise DataError.at(location / MANIFEST, "format_version",
-                       f"is {manifest.get('format_version')}", f"{FORMAT_VERSION}; re-run prepare")
+                       f"is {manifest.get('format_version')} (written by an older version, "
+                       "without the file sizes and record counts this version checks)",
+                       f"{FORMAT_VERSION}; re-run prepare")
   differ = {field: (manifest["task"].get(field), getattr(task, field)) for field in SHAPE_FIELDS
             if manifest["task"].get(field) != getattr(task, field)}
   if differ:
     raise ValueError(f"{os.fspath(location)} was prepared with other settings than task "
                      f"{task.name} asks for (field: (prepared, asked)): {differ}; re-run "
                      "prepare for this task")
-  path = remote.mirror(location, manifest_bytes, MANIFEST) if is_remote else location
+  files = manifest["files"]
+  if is_remote:
+    def verify(folder: Path, downloaded: bool) -> None:
+      # A fresh download is hashed in full (it is in the page cache); a reused copy is not.
+      check_files(folder, files, shown_as=location if downloaded else None,
+                  checksums=downloaded)
+
+    path = remote.mirror(location, manifest_bytes, MANIFEST, verify)
+  else:
+    check_files(location, files)
+    path = location
   return PreparedTask(path, manifest, location)
