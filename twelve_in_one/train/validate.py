@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import jax
 
@@ -55,8 +56,38 @@ def run_model_config(config) -> ViLBertConfig:
                           remat=config.model.get("remat", False), **overrides)
 
 
+def _positive(key: str, value) -> None:
+  """Raises naming `key` unless `value` is a finite number > 0 (NaN included)."""
+  try:
+    number = float(value)
+  except (TypeError, ValueError):
+    number = float("nan")
+  if not (math.isfinite(number) and number > 0):
+    raise ValueError(f"{key}={value}; expected a positive number")
+
+
+def validate_values(config, tasks: list[Task]) -> None:
+  """Values that would train wrongly or crash later: learning rates (a negative one climbs
+  the loss), batch sizes and `log_every` (0 divides by zero) and `checkpoint.keep` (0 deletes
+  every checkpoint, the final one included)."""
+  _positive("config.optimizer.base_lr", config.optimizer.base_lr)
+  _positive("config.optimizer.head_lr", config.optimizer.head_lr)
+  for task in tasks:
+    _positive(f"config.task_settings.{task.name}.lr", task.lr)
+    if not isinstance(task.batch_size, int) or task.batch_size < 1:
+      raise ValueError(f"config.task_settings.{task.name}.batch_size={task.batch_size}; "
+                       "expected a positive whole number")
+  if not isinstance(config.log_every, int) or config.log_every < 1:
+    raise ValueError(f"config.log_every={config.log_every}; expected >= 1 (iterations per "
+                     "logged line)")
+  if config.checkpoint.keep < 1:
+    raise ValueError(f"config.checkpoint.keep={config.checkpoint.keep}; expected >= 1 (the "
+                     "newest checkpoints kept; 0 would delete them all)")
+
+
 def validate_config(config, tasks: list[Task], mesh) -> None:
   """Invariants checked before anything is compiled or read."""
+  validate_values(config, tasks)
   processes = jax.process_count()
   shards = sharding.data_parallel_size(mesh)
   for task in tasks:
