@@ -15,6 +15,7 @@ Only process 0 writes logs, event files, metrics.jsonl and the result tables.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import signal
@@ -29,18 +30,23 @@ import tqdm
 
 from twelve_in_one import hostmem, paths
 from twelve_in_one.models import ViLBertForVLTasks
-from twelve_in_one.models.vilbert import all_outputs, dummy_inputs, init_variables
+from twelve_in_one.models.vilbert import init_variables
 from twelve_in_one.tasks.registry import Task, loss_scale
 from twelve_in_one.train import optimizer as opt
-from twelve_in_one.train import distributed, prng, sharding
+from twelve_in_one.train import distributed, prng, sharding, workdir_lock
 from twelve_in_one.train.checkpoint import Checkpointer, abstract_like
 from twelve_in_one.train.dsg import DSGConfig
 from twelve_in_one.train.inputs import TaskData, synthetic_task_data, tfds_task_data
 from twelve_in_one.train.metrics_log import MetricsLog, results_table
 from twelve_in_one.train.schedule import Schedule, iterations_per_epoch, loader_length
-from twelve_in_one.train.steps import (StepCache, StepSettings, TrainState, create_state,
+from twelve_in_one.train.steps import (StepCache, StepSettings, TrainState, initial_state,
                                        make_eval_step, make_summed_step, make_train_step)
 from twelve_in_one.train.validate import resolve_tasks, run_model_config, validate_config
+
+
+# The commands' exit status after a preemption: 128 + SIGTERM, as for a process SIGTERM
+# ended, so a restart-on-failure supervisor reruns the command (0 would read as "done").
+PREEMPTED_EXIT_STATUS = 128 + int(signal.SIGTERM)
 
 
 class Preempted(Exception):
@@ -150,7 +156,10 @@ def train_and_evaluate(config, workdir: str, chance: dict[str, float] | None = N
                        ) -> RunResult:
   """Runs (or resumes) the configured training in `workdir` and returns the final results.
 
-  `chance` (task -> chance-level score) only annotates the final table.
+  `chance` (task -> chance-level score) only annotates the final table. Raises ValueError
+  (naming the config key) for a bad config or one whose shapes differ from the workdir's
+  checkpoints, WorkdirBusyError when another trainer holds the workdir, FloatingPointError
+  when training diverges; in each case before anything of the run is written or overwritten.
   """
   # ------------------------------------------------------------------ Set up
   distributed.maybe_initialize(config)
@@ -160,22 +169,33 @@ def train_and_evaluate(config, workdir: str, chance: dict[str, float] | None = N
     paths.check_bucket(config.data.data_dir, "config.data.data_dir")
   tasks = resolve_tasks(config)
   mesh = sharding.mesh_from_config(config.mesh)
-  rules = tuple((name, tuple(axes) if isinstance(axes, list) else axes)
-                for name, axes in config.mesh.rules)
   validate_config(config, tasks, mesh)
   model_config = run_model_config(config)
+  paths.as_path(workdir).mkdir(parents=True, exist_ok=True)
+  # One trainer per workdir: a second one stops here, before it reads or writes anything.
+  with workdir_lock.hold(workdir, process_index=jax.process_index(),
+                         process_count=jax.process_count()) as lock, \
+       contextlib.ExitStack() as cleanup:
+    return _train_and_evaluate(config, workdir, chance, tasks, mesh, model_config, lock,
+                               cleanup)
+
+
+def _train_and_evaluate(config, workdir: str, chance, tasks: list[Task], mesh, model_config,
+                        lock, cleanup: contextlib.ExitStack) -> RunResult:
+  """`train_and_evaluate` once the config is checked and the workdir is this run's.
+
+  `cleanup` closes the checkpointer (finishing a save in flight) and the log however this
+  ends, before the lock is given back.
+  """
+  rules = tuple((name, tuple(axes) if isinstance(axes, list) else axes)
+                for name, axes in config.mesh.rules)
   data = build_task_data(config, tasks, model_config)
   model_config = model_config.replace(**answer_head_sizes(data))
   model = ViLBertForVLTasks(model_config)
   is_chief = jax.process_index() == 0
-  paths.as_path(workdir).mkdir(parents=True, exist_ok=True)
-  log = MetricsLog(workdir, enabled=is_chief, log_every=config.log_every)
-  log.note(f"tasks: {[t.name for t in tasks]}; mesh {dict(mesh.shape)}; "
-           f"{jax.process_count()} process(es), {jax.device_count()} device(s)")
   # Before any key exists: resolving to threefry switches on its partitionable form.
   prng_name = config.get("prng_impl", prng.AUTO)
   prng_impl = prng.resolve_impl(prng_name)
-  log.note(prng.describe(prng_name, prng_impl))
 
   # ------------------------------------------------------------------ Shapes and shardings
   boxed = jax.eval_shape(lambda: init_variables(model, jax.random.key(0)))
@@ -187,9 +207,18 @@ def train_and_evaluate(config, workdir: str, chance: dict[str, float] | None = N
                                opt_state={"mu": param_shardings, "nu": param_shardings})
   checkpointer = Checkpointer(workdir, keep=config.checkpoint.keep,
                               asynchronous=config.checkpoint.asynchronous)
+  cleanup.callback(checkpointer.close)
   abstract_state = abstract_like(
       TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=abstract_params,
                  opt_state={"mu": abstract_params, "nu": abstract_params}), state_shardings)
+  # Another model's checkpoints (a changed shape) stop the run here, before the log below
+  # writes its first line: resuming would otherwise start over and overwrite that run.
+  checkpointer.check_compatible(abstract_state)
+  log = MetricsLog(workdir, enabled=is_chief, log_every=config.log_every)
+  cleanup.callback(log.close)
+  log.note(f"tasks: {[t.name for t in tasks]}; mesh {dict(mesh.shape)}; "
+           f"{jax.process_count()} process(es), {jax.device_count()} device(s)")
+  log.note(prng.describe(prng_name, prng_impl))
 
   # ------------------------------------------------------------------ Schedule
   lengths = {t.name: loader_length(data[t.name].num_train_examples, t.batch_size) for t in tasks}
@@ -252,14 +281,14 @@ def train_and_evaluate(config, workdir: str, chance: dict[str, float] | None = N
     distributed.wait_for_all_processes("twelve_in_one_steps_compiled")
 
   # ------------------------------------------------------------------ State
-  restored = checkpointer.restore_latest(abstract_state)
+  restored = checkpointer.restore_latest(abstract_state, report=log.note)
   if restored is not None:
     start_iteration, state_dict, host = restored
     state = TrainState(**state_dict)
     log.note(f"resumed from {checkpointer.directory}/{start_iteration}")
   else:
     start_iteration, host = 0, {}
-    state = _initial_state(config, model, model_config, state_shardings, log)
+    state = initial_state(config, model, model_config, state_shardings, log.note)
 
   schedule.load_json(host.get("schedule", {}))
 
@@ -315,6 +344,7 @@ def train_and_evaluate(config, workdir: str, chance: dict[str, float] | None = N
         host_state = lambda: {"iteration": done, "schedule": schedule.to_json(),
                               "iterators": {n: it.get_state() for n, it in iterators.items()},
                               "results": results, "seed": config.seed}
+        lock.check()   # a trainer that lost the workdir to another one saves nothing more
         if stop["signal"] is not None:
           checkpointer.save(done, state, host_state(), wait=True)
           log.note(f"SIGTERM: saved iteration {done} to {checkpointer.directory}; exiting")
@@ -354,41 +384,27 @@ def _summed_iteration(names, summed_step, state, iterators, mesh, base_key, iter
   return state
 
 
-def _initial_state(config, model, model_config, state_shardings, log) -> TrainState:
-  """Fresh parameters (born sharded), optionally overwritten from an init checkpoint.
-
-  Parameters and moments come from two programs: one program making both held the random
-  init's temporaries and all three trees at once: for `base` it peaked at 5.42 GiB, above the
-  training step's own 4.89 GiB; two programs peak at 3.78 (`benchmarks/memory_phases.py`).
-  The values are the same either way.
-  """
-  init = jax.jit(lambda key: _unboxed_init(model, key), out_shardings=state_shardings.params)
-  params = init(jax.random.key(config.seed))
-  hostmem.release_free_memory()
-  state = jax.jit(create_state, out_shardings=state_shardings, donate_argnums=0)(params)
-  if config.init.checkpoint or config.init.bert:
-    from twelve_in_one.train.init_checkpoint import load_init_params
-    params, report = load_init_params(config, model_config, jax.device_get(state.params))
-    log.note(report)
-    state = jax.device_put(create_state(params), state_shardings)
-  return state
-
-
-def _unboxed_init(model, key):
-  variables = model.init(key, **dummy_inputs(model.config), outputs=all_outputs(model.config))
-  return nn.meta.unbox(variables)["params"]
-
-
 def _check_pending(pending: list, log, keep_last: bool = True) -> None:
-  """Fetches finished steps' metrics; a NaN/Inf loss stops the run naming task and iteration."""
+  """Fetches finished steps' metrics; a NaN/Inf loss, or an update that left non-finite
+  parameters or moments, stops the run naming task and iteration.
+
+  The loop drains this at the end of every iteration, before it may save, so a non-finite
+  state is never checkpointed.
+  """
   while len(pending) > (1 if keep_last else 0):
     iteration, name, metrics = pending.pop(0)
-    values = jax.device_get(metrics)
+    values = dict(jax.device_get(metrics))
+    finite = bool(values.pop("finite", True))
     loss = float(values["loss"])
     if not math.isfinite(loss):
       raise FloatingPointError(
           f"task {name}: loss is {loss} at iteration {iteration}; stopping. The last good "
           "checkpoint is kept in the workdir (nothing was saved after this step)")
+    if not finite:
+      raise FloatingPointError(
+          f"task {name}: non-finite parameters or Adam moments after the update at iteration "
+          f"{iteration} (loss {loss:.4g}; is the learning rate too high?); stopping. The last "
+          "good checkpoint is kept in the workdir (nothing was saved after this step)")
     log.train_step(iteration, name, values)
 
 

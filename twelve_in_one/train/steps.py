@@ -1,4 +1,4 @@
-"""Jit-compiled per-task training and evaluation steps.
+"""Jit-compiled per-task training and evaluation steps, and the state they start from.
 
 One step per task (design decision 4): shapes are static per task, the state is donated, the
 step computes only the task's head, and the optimizer touches only the parameters the task's
@@ -19,6 +19,8 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
+from twelve_in_one import hostmem
+from twelve_in_one.models.vilbert import all_outputs, dummy_inputs
 from twelve_in_one.tasks.registry import Task
 from twelve_in_one.train import optimizer as opt
 from twelve_in_one.train.objective import task_loss, task_outputs
@@ -44,6 +46,23 @@ class StepSettings:
   loss_scale: float = 1.0
   grad_accum_steps: int = 1
   rules: tuple = ()
+
+
+def all_finite(params: Any, grad_norm: jax.Array, active: Any) -> jax.Array:
+  """Whether a step left the parameters and Adam moments finite (one bool on device).
+
+  The loop checks it with the step's loss before anything is saved: a finite loss can still
+  come with an update that overflows (a huge learning rate), and the loss of the *next* step
+  would expose that only after the poisoned state had been checkpointed. The moments need no
+  pass of their own: from finite moments and a finite gradient AdamW makes finite moments, and
+  the gradient's global norm, computed anyway, is finite only if every squared element is.
+  Parameters outside `active` did not change, so they are not scanned again. (On CPU, where
+  XLA does not fuse this pass into the update, it adds a quarter to a half of the update's
+  time; scanning the moments too would add twice that.)
+  """
+  flags = [jnp.all(jnp.isfinite(leaf))
+           for leaf, on in zip(jax.tree.leaves(params), jax.tree.leaves(active)) if on]
+  return jnp.all(jnp.stack([jnp.isfinite(grad_norm)] + flags))
 
 
 def _used_modules(task: Task) -> set[str]:
@@ -94,8 +113,9 @@ def make_train_step(apply_fn: Callable, task: Task, settings: StepSettings, lrs:
     params, opt_state = opt.apply_update(state.params, grads, state.opt_state, lr_multiplier,
                                          config=settings.optimizer, lrs=lrs, decays=decays,
                                          active=active)
-    metrics = {"loss": aux["loss"], "score": aux["scores"].mean(),
-               "grad_norm": opt.global_norm(grads)}
+    grad_norm = opt.global_norm(grads)
+    metrics = {"loss": aux["loss"], "score": aux["scores"].mean(), "grad_norm": grad_norm,
+               "finite": all_finite(params, grad_norm, active)}
     return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
   return step
@@ -127,7 +147,8 @@ def make_summed_step(apply_fn: Callable, tasks: list[Task], settings: StepSettin
     params, opt_state = opt.apply_update(state.params, grads, state.opt_state, lr_multiplier,
                                          config=settings.optimizer, lrs=lrs, decays=decays,
                                          active=active)
-    metrics = {name: {"loss": aux["loss"], "score": aux["scores"].mean()}
+    finite = all_finite(params, opt.global_norm(grads), active)
+    metrics = {name: {"loss": aux["loss"], "score": aux["scores"].mean(), "finite": finite}
                for name, aux in auxes.items()}
     return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
@@ -143,6 +164,32 @@ def make_eval_step(apply_fn: Callable, task: Task, rules: tuple = ()) -> Callabl
     return task.head.loss(outputs, batch, task), task.head.score(outputs, batch, task)
 
   return step
+
+
+def initial_state(config, model, model_config, state_shardings,
+                  note: Callable[[str], None]) -> TrainState:
+  """Fresh parameters (born sharded), optionally overwritten from an init checkpoint.
+
+  Parameters and moments come from two programs: one program making both held the random
+  init's temporaries and all three trees at once: for `base` it peaked at 5.42 GiB, above the
+  training step's own 4.89 GiB; two programs peak at 3.78 (`benchmarks/memory_phases.py`).
+  The values are the same either way. `note` receives the init checkpoint's report.
+  """
+  init = jax.jit(lambda key: _unboxed_init(model, key), out_shardings=state_shardings.params)
+  params = init(jax.random.key(config.seed))
+  hostmem.release_free_memory()
+  state = jax.jit(create_state, out_shardings=state_shardings, donate_argnums=0)(params)
+  if config.init.checkpoint or config.init.bert:
+    from twelve_in_one.train.init_checkpoint import load_init_params
+    params, report = load_init_params(config, model_config, jax.device_get(state.params))
+    note(report)
+    state = jax.device_put(create_state(params), state_shardings)
+  return state
+
+
+def _unboxed_init(model, key):
+  variables = model.init(key, **dummy_inputs(model.config), outputs=all_outputs(model.config))
+  return nn.meta.unbox(variables)["params"]
 
 
 class StepCache:
