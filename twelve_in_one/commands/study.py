@@ -7,10 +7,13 @@
 Trains the multi-task model (DIR/multi_task) and one single-task model per task
 (DIR/single/<task>) with the same config and the same number of updates per task, then prints
 the table and writes DIR/study.json and DIR/study.md. Rerunning resumes an interrupted study.
-See `twelve_in_one/train/study.py`.
+See `twelve_in_one/train/study.py`. A preempted study (SIGTERM) saves the run in progress and
+exits with status 143, as `train` does; rerun the same command to resume.
 """
 
 from __future__ import annotations
+
+import sys
 
 from absl import flags, logging
 from ml_collections import config_flags
@@ -33,7 +36,12 @@ def main(argv):
   from twelve_in_one.train.study import run_study
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
-  outcome = run_study(_CONFIG.value, _WORKDIR.value, say=print)
+  from twelve_in_one.train.loop import PREEMPTED_EXIT_STATUS
+  try:
+    outcome = run_study(_CONFIG.value, _WORKDIR.value, say=print)
+  except InterruptedError as preempted:   # run_study's word for a preempted run
+    print(preempted)
+    sys.exit(PREEMPTED_EXIT_STATUS)
   print(f"\nmulti-task vs single-task, {outcome['iterations']} iterations each "
         f"(model {outcome['model']}, seed {outcome['seed']}):\n")
   print(outcome["table"])
