@@ -31,6 +31,8 @@ setup(
         # One path type for disks and buckets; gcsfs is the gs:// backend of etils.epath.
         "etils[epath]>=1.7",
         "gcsfs>=2024.2",
+        # the gs:// workdir lease (conditional writes on an object's generation)
+        "google-cloud-storage>=2.14",
     ],
     extras_require={
         # torch==2.13.0 is the CPU wheel this project is tested with (and that is available
