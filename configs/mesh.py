@@ -35,6 +35,9 @@ DCN_AXES = {"data": -1, "fsdp": 1, "tensor": 1}
 _FSDP_PARAMS = [("embed_t", "fsdp"), ("embed_v", "fsdp"), ("embed_bi", "fsdp")]
 _TENSOR_PARAMS = [("qkv", "tensor"), ("mlp", "tensor"), ("vocab", "tensor")]
 _BATCH = [("batch", ("data", "fsdp"))]
+# The leading axis of stacked layers (`config.model.scan_layers`, models/scan.py): never
+# split, as in MaxText without pipeline stages; each layer's own axes follow the rules above.
+_LAYERS = [("layers", None)]
 
 
 def preset(name: str) -> tuple[dict, list]:
@@ -43,11 +46,12 @@ def preset(name: str) -> tuple[dict, list]:
   -1 takes the slice's remaining devices.
   """
   if name == "dp":          # pure data parallelism: parameters replicated
-    return {"data": -1, "fsdp": 1, "tensor": 1}, _BATCH
+    return {"data": -1, "fsdp": 1, "tensor": 1}, _BATCH + _LAYERS
   if name == "fsdp":        # the default: fully sharded data parallelism
-    return {"data": 1, "fsdp": -1, "tensor": 1}, _BATCH + _FSDP_PARAMS
+    return {"data": 1, "fsdp": -1, "tensor": 1}, _BATCH + _FSDP_PARAMS + _LAYERS
   if name == "fsdp_tp":     # FSDP with 2-way tensor parallelism
-    return {"data": 1, "fsdp": -1, "tensor": 2}, _BATCH + _FSDP_PARAMS + _TENSOR_PARAMS
+    return {"data": 1, "fsdp": -1, "tensor": 2}, (_BATCH + _FSDP_PARAMS + _TENSOR_PARAMS
+                                                 + _LAYERS)
   if name == "dp_tp":       # data parallelism with 2-way tensor parallelism
-    return {"data": -1, "fsdp": 1, "tensor": 2}, _BATCH + _TENSOR_PARAMS
+    return {"data": -1, "fsdp": 1, "tensor": 2}, _BATCH + _TENSOR_PARAMS + _LAYERS
   raise ValueError(f"unknown mesh preset {name!r}; expected dp, fsdp, fsdp_tp or dp_tp")

@@ -111,11 +111,23 @@ class ViLBertConfig:
   # trading less memory for less recompute and a smaller program (BENCHMARKS.md); `False`,
   # "" or "none" recomputes nothing.
   remat: bool | str = False
+  # Run the encoder's layers as `nn.scan`s over stacked parameters (`models/scan.py`): the
+  # text layers before the first co-attention block as one scan, the co-attention blocks
+  # with their text and visual layers as another, so the compiled step holds one body per
+  # kind instead of one per layer. Same function; the parameter tree has a leading `layers`
+  # axis on the stacked leaves (interop converts to and from the official per-layer names).
+  scan_layers: bool = False
 
   def __post_init__(self):
     object.__setattr__(self, "v_biattention_id", tuple(int(i) for i in self.v_biattention_id))
     object.__setattr__(self, "t_biattention_id", tuple(int(i) for i in self.t_biattention_id))
     object.__setattr__(self, "remat", normalize_remat(self.remat))
+    if not isinstance(self.scan_layers, bool):
+      # A command-line override of a bool field may arrive as a string.
+      text = str(self.scan_layers).strip().lower()
+      if text not in ("true", "false", "1", "0"):
+        raise ValueError(f"ViLBertConfig: scan_layers={self.scan_layers!r}; expected a bool")
+      object.__setattr__(self, "scan_layers", text in ("true", "1"))
     self.validate()
 
   def validate(self) -> None:
@@ -214,7 +226,8 @@ class ViLBertConfig:
     """The official JSON keys, so exported checkpoints can be loaded by the official code."""
     out = dataclasses.asdict(self)
     for key in ("num_task_tokens", "layer_norm_eps", "num_vqa_answers", "num_gqa_answers",
-                "with_pretraining_heads", "dtype", "attention_impl", "remat"):
+                "with_pretraining_heads", "dtype", "attention_impl", "remat",
+                "scan_layers"):
       out.pop(key)
     out["v_biattention_id"] = list(self.v_biattention_id)
     out["t_biattention_id"] = list(self.t_biattention_id)

@@ -8,6 +8,7 @@ For the released 6/6 config that is
     T0..T5 | C0 | T6 V0 | C1 | T7 V1 | C2 | ... | C5 | T11 V5
 
 so the image embedding enters C0 directly and the text has 6 BERT layers of its own first.
+With `config.scan_layers` the same schedule runs as scans over stacked layers (`scan.py`).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from twelve_in_one.models import layers
+from twelve_in_one.models import layers, scan
 from twelve_in_one.models.co_attention import CoAttentionBlock
 from twelve_in_one.models.config import ViLBertConfig
 from twelve_in_one.models.embeddings import ImageEmbeddings, TextEmbeddings
@@ -89,7 +90,14 @@ class Encoder(nn.Module):
       return module(*args)
 
     pruned = pooled_only_layers(cfg, self.keep_text_sequence, self.keep_visual_sequence)
-    for kind, index in encoder_schedule(cfg):
+    entries = scan.scan_plan(cfg) if cfg.scan_layers else encoder_schedule(cfg)
+    for entry in entries:
+      if isinstance(entry, scan.Stack):
+        # The pooled-only layers follow the last block, outside every stack (`scan_plan`).
+        text, visual = scan.run_stack(entry, cfg, deterministic, text, visual, text_bias,
+                                      visual_bias, text_mask)
+        continue
+      kind, index = entry
       first_only = (kind, index) in pruned
       if kind == "t":
         text = run(kind, TransformerLayer(cfg, text_stream, first_position_only=first_only,
