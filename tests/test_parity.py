@@ -63,6 +63,24 @@ def full_runs(compile_cache) -> dict[str, subprocess.CompletedProcess]:
   return {dtype: finish(process) for dtype, process in started.items()}
 
 
+def start_scanned_parity(cache: str, *flags: str) -> subprocess.Popen:
+  """`run_parity` with the layers scanned (`scan_layers=True`), printed as the command prints
+  it. In a subprocess of its own for the same reason as the command (float64)."""
+  float64 = "--float64" in flags
+  tolerance = 1e-9 if float64 else 1e-5
+  script = ("import sys, jax\n"
+            f"jax.config.update('jax_enable_x64', {float64})\n"
+            "from twelve_in_one.interop.parity import run_parity\n"
+            f"report = run_parity({FIXTURE!r}, tolerance={tolerance}, float64={float64}, "
+            "scan_layers=True)\n"
+            "print(report.conversion.format()); print(); print(report.format_table())\n"
+            "sys.exit(0 if report.passed else 1)\n")
+  env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""),
+             JAX_COMPILATION_CACHE_DIR=cache)
+  return subprocess.Popen([sys.executable, "-c", script], cwd=REPO, env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
 ROW = re.compile(r"^(?P<key>\S+)\s+\((?P<shape>[\d, ]*)\)\s+(?P<ref>\S+)\s+(?P<abs>\S+)\s+"
                  r"(?P<error>\S+)\s+(?P<result>ok|FAIL)(?:\s+\[(?P<note>.*)\])?$")
 
@@ -167,3 +185,25 @@ def test_command_fails_on_a_tampered_fixture(tmp_path, compile_cache, full_runs)
   assert failed == sorted(f"{run}.vil_prediction" for run in
                           json.load(open(tmp_path / "manifest.json"))["runs"])
   assert result.stdout.splitlines()[-1].startswith(f"FAIL: 75 arrays compared, {len(failed)} over")
+
+
+@pytest.fixture(scope="module")
+def scanned_runs(compile_cache) -> dict[str, subprocess.CompletedProcess]:
+  """Parity with the encoder's layers scanned (`config.scan_layers`), float32 and float64."""
+  started = {"float32": start_scanned_parity(compile_cache),
+             "float64": start_scanned_parity(compile_cache, "--float64")}
+  return {dtype: finish(process) for dtype, process in started.items()}
+
+
+@pytest.mark.parametrize("dtype,tolerance", [("float32", 1e-5), ("float64", 1e-9)])
+def test_scanned_layers_hold_the_same_tolerances(scanned_runs, full_runs, dtype, tolerance):
+  """The state dict stacked on import, the same reference arrays, the same tolerances."""
+  result = scanned_runs[dtype]
+  assert result.returncode == 0, result.stdout + result.stderr
+  assert f"({dtype}, layers scanned)" in result.stdout
+  assert result.stdout.splitlines()[-1].startswith("PASS: 75 arrays compared, 0 over")
+  table, unrolled = rows(result.stdout), rows(full_runs[dtype].stdout)
+  assert table.keys() == unrolled.keys()
+  for key, row in table.items():
+    assert float(row["error"]) <= tolerance and row["result"] == "ok", (key, row)
+  assert not_mapped(result.stdout) == not_mapped(full_runs[dtype].stdout)

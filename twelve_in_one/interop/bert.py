@@ -35,8 +35,8 @@ from twelve_in_one import paths
 from twelve_in_one.interop.checkpoint_io import read_state_dict
 from twelve_in_one.interop.names import TIED_DECODER, WORD_EMBEDDINGS, normalise_official_name
 from twelve_in_one.interop.official import (Rng, group_names, official_init, official_param_table,
-                                            path_keys)
-from twelve_in_one.models import ViLBertConfig
+                                            path_keys, to_model_layout, unrolled_config)
+from twelve_in_one.models import ViLBertConfig, scan
 
 # Weight files a Hugging Face model directory may hold, in order of preference.
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
@@ -96,7 +96,8 @@ def load_bert(state_dict: Mapping[str, Any], config: ViLBertConfig, *,
     state_dict: HF `BertModel` or `BertForPreTraining` names -> arrays.
     config: the ViLBERT config; `hidden_size`, `intermediate_size`, `vocab_size`, ... must
       match the BERT (shapes are checked, the mismatched key and both shapes are named).
-    params: the tree to start from; by default a fresh `official_init(config, rng)`.
+    params: the tree to start from, in `config`'s layout; by default a fresh
+      `official_init(config, rng)`.
     rng: seed for that fresh init.
     allow_unexpected: drop (and report) names that are not BERT parameters we know.
     source: how messages name the state dict.
@@ -106,7 +107,13 @@ def load_bert(state_dict: Mapping[str, Any], config: ViLBertConfig, *,
     (params, report): a new nested dict of numpy arrays, and what was loaded or skipped.
   """
   table = official_param_table(config)
-  start = official_init(config, rng, dtype=dtype) if params is None else params
+  # The table's paths are per layer: with stacked layers (`scan_layers`), load into the
+  # unrolled layout and stack again at the end.
+  unrolled = unrolled_config(config)
+  if params is None:
+    start = official_init(unrolled, rng, dtype=dtype)
+  else:
+    start = scan.to_unrolled(params, config) if config.scan_layers else params
   values = {path_keys(path): leaf
             for path, leaf in jax.tree_util.tree_flatten_with_path(start)[0]}
   report = BertLoadReport(source=source)
@@ -165,7 +172,7 @@ def load_bert(state_dict: Mapping[str, Any], config: ViLBertConfig, *,
       name.startswith(("bert.embeddings.", "bert.encoder.layer.", "cls.predictions.")))]
   params_out = jax.tree_util.tree_map_with_path(lambda path, _: values[path_keys(path)],
                                                 start)
-  return params_out, report
+  return to_model_layout(params_out, config), report
 
 
 def check_bert_config(hf_config: Mapping[str, Any], config: ViLBertConfig,

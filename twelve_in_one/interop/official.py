@@ -14,6 +14,11 @@ Linear weights and embeddings, zero biases, LayerNorm 1/0 -- the same rule our m
 initialisers implement, applied per leaf with numpy so that filling a few missing heads does not
 cost a trace and compile of the whole model.
 
+With `config.scan_layers` our tree holds stacked layers (`models/scan.py`); the official names
+stay per layer. Import, official init and export all work in the unrolled layout
+(`unrolled_config`) and stack or unstack at the boundary, so a checkpoint maps to the same
+values whichever layout the model uses, and import -> export is bitwise exact in both.
+
 Our own checkpoints (orbax) are written and read by `checkpoint_io.save_params` /
 `load_params`, re-exported here.
 """
@@ -32,6 +37,7 @@ from twelve_in_one.interop.checkpoint_io import load_params, save_params  # noqa
 from twelve_in_one.interop.names import (TIED_DECODER, WORD_EMBEDDINGS, is_unused_official,
                                          normalise_official_name, official_name)
 from twelve_in_one.models import ViLBertConfig, ViLBertForVLTasks, init_params
+from twelve_in_one.models import scan
 
 Rng = int | np.random.Generator
 
@@ -61,15 +67,29 @@ def abstract_params(config: ViLBertConfig) -> dict:
   return jax.eval_shape(lambda: init_params(model, jax.random.key(0)))
 
 
+def unrolled_config(config: ViLBertConfig) -> ViLBertConfig:
+  """`config` with one parameter entry per layer: the layout the official names address."""
+  return config.replace(scan_layers=False) if config.scan_layers else config
+
+
+def to_model_layout(params: dict, config: ViLBertConfig) -> dict:
+  """An unrolled tree -> `config`'s layout (stacked when `config.scan_layers`)."""
+  return scan.to_scanned(params, config) if config.scan_layers else params
+
+
 def path_keys(path) -> tuple[str, ...]:
   """A `tree_flatten_with_path` key path -> plain strings ("bert", "encoder", "layer_0", ...)."""
   return tuple(str(getattr(k, "key", k)) for k in path)
 
 
 def official_param_table(config: ViLBertConfig) -> "collections.OrderedDict[str, ParamSlot]":
-  """Official name -> ParamSlot for every parameter of our model under `config`."""
+  """Official name -> ParamSlot for every parameter of our model under `config`.
+
+  The paths are those of the unrolled layout (`unrolled_config`), one per official name.
+  """
   table: collections.OrderedDict[str, ParamSlot] = collections.OrderedDict()
-  for path, leaf in jax.tree_util.tree_flatten_with_path(abstract_params(config))[0]:
+  for path, leaf in jax.tree_util.tree_flatten_with_path(
+      abstract_params(unrolled_config(config)))[0]:
     keys = path_keys(path)
     name, transpose = official_name(keys)
     table[name] = ParamSlot(keys, transpose, tuple(leaf.shape))
@@ -93,12 +113,17 @@ def _generator(rng: Rng) -> np.random.Generator:
 
 
 def official_init(config: ViLBertConfig, rng: Rng = 0, *, dtype: Any = np.float32) -> dict:
-  """A fresh parameter tree, initialised as the official code does (numpy, no model trace)."""
+  """A fresh parameter tree, initialised as the official code does (numpy, no model trace).
+
+  Drawn layer by layer in the unrolled layout, then stacked: the same seed gives the same
+  values with `scan_layers` on or off.
+  """
   gen = _generator(rng)
-  return jax.tree_util.tree_map_with_path(
+  params = jax.tree_util.tree_map_with_path(
       lambda path, leaf: _init_leaf(path_keys(path)[-1], tuple(leaf.shape),
                                     config.initializer_range, gen, dtype),
-      abstract_params(config))
+      abstract_params(unrolled_config(config)))
+  return to_model_layout(params, config)
 
 
 def group_names(names: list[str]) -> list[str]:
@@ -208,7 +233,8 @@ def import_official(state_dict: Mapping[str, Any], config: ViLBertConfig, *,
     source: how to name the state dict in messages (e.g. its file name).
 
   Returns:
-    (params, report): a nested dict of numpy arrays shaped like `init_params`, and the report.
+    (params, report): a nested dict of numpy arrays shaped like `init_params` (stacked layers
+    when `config.scan_layers`), and the report.
 
   Raises:
     ValueError: unexpected keys, shape mismatches (key and both shapes named), two names for
@@ -278,8 +304,8 @@ def import_official(state_dict: Mapping[str, Any], config: ViLBertConfig, *,
                           f"{source} a ViLBERT checkpoint for this config?")
 
   params = jax.tree_util.tree_map_with_path(lambda path, _: values[path_keys(path)],
-                                            abstract_params(config))
-  return params, report
+                                            abstract_params(unrolled_config(config)))
+  return to_model_layout(params, config), report
 
 
 def _unused_official_params(exported: Mapping[str, np.ndarray], initializer_range: float
@@ -304,9 +330,19 @@ def _unused_official_params(exported: Mapping[str, np.ndarray], initializer_rang
   return out
 
 
+def _has_stacks(params: Mapping[str, Any]) -> bool:
+  """Whether `params` holds scanned stacks (names that are not official modules)."""
+  encoder = params.get("bert", {}).get("encoder", {}) if isinstance(params, Mapping) else {}
+  return any(name.startswith(scan.STACK_PREFIXES) for name in encoder)
+
+
 def check_params(params: Mapping[str, Any], config: ViLBertConfig) -> None:
-  """Raises ValueError listing every path that is missing, extra or mis-shaped for `config`."""
-  expected = {slot.path: slot.shape for slot in official_param_table(config).values()}
+  """Raises ValueError listing every path that is missing, extra or mis-shaped for `config`.
+
+  The layout is `config`'s: stacked layers when `config.scan_layers`.
+  """
+  expected = {path_keys(path): tuple(leaf.shape)
+              for path, leaf in jax.tree_util.tree_flatten_with_path(abstract_params(config))[0]}
   given = {path_keys(path): tuple(np.shape(leaf))
            for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]}
   problems = [f"{'/'.join(p)}: missing from params" for p in expected if p not in given]
@@ -323,8 +359,9 @@ def export_official(params: Mapping[str, Any], config: ViLBertConfig | None = No
   """Our parameters -> an official state dict (official names, PyTorch [out, in] weights).
 
   Args:
-    params: a tree shaped like `init_params` (numpy or jax arrays).
-    config: when given, the tree is checked against it first (names and shapes).
+    params: a tree shaped like `init_params` (numpy or jax arrays), in `config`'s layout.
+    config: when given, the tree is checked against it first (names and shapes); needed for
+      a tree with stacked layers (`scan_layers`), which is unstacked into per-layer names.
     include_unused: also emit `q_dense1/2` and `linguisic_logit` (official init, seeded), so a
       strict `model.load_state_dict` of the official model accepts the result. Importing
       drops them again, so ours -> official -> ours is lossless either way.
@@ -335,6 +372,11 @@ def export_official(params: Mapping[str, Any], config: ViLBertConfig | None = No
   """
   if config is not None:
     check_params(params, config)
+    if config.scan_layers:
+      params = scan.to_unrolled(params, config)
+  elif _has_stacks(params):
+    raise ValueError("export_official: the parameters hold stacked layers (scan_layers); pass "
+                     "their config so that they can be unstacked into per-layer names")
   flat = [(path_keys(path), leaf)
           for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]]
   out: collections.OrderedDict[str, np.ndarray] = collections.OrderedDict()

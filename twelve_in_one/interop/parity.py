@@ -170,7 +170,7 @@ def _compare(key: str, ours_name: str, ours: np.ndarray, ref: np.ndarray, tolera
 
 
 def run_parity(fixture_dir: str | os.PathLike, *, tolerance: float = 1e-5,
-               float64: bool = False) -> ParityReport:
+               float64: bool = False, scan_layers: bool = False) -> ParityReport:
   """Loads a fixture through the converter, runs every run of its manifest and compares.
 
   Args:
@@ -178,6 +178,8 @@ def run_parity(fixture_dir: str | os.PathLike, *, tolerance: float = 1e-5,
     tolerance: largest allowed error per array (see the module docstring for the metric).
     float64: run in float64 against `outputs_fp64.npz`; needs `jax_enable_x64` already on
       (it changes every later computation of the process, so the caller decides).
+    scan_layers: run the encoder as scans over stacked layers (`config.scan_layers`); the
+      state dict is stacked on import, the reference and the tolerances are the same.
 
   Returns:
     The report; `report.passed` is False if any compared array exceeds the tolerance.
@@ -189,7 +191,8 @@ def run_parity(fixture_dir: str | os.PathLike, *, tolerance: float = 1e-5,
                        "any computation (the `parity --float64` command does this)")
   dtype = np.float64 if float64 else np.float32
   config_path = _find_one(fixture_dir, ("*config*.json",), "official config")
-  config = read_official_config(config_path, dtype="float64" if float64 else "float32")
+  config = read_official_config(config_path, dtype="float64" if float64 else "float32",
+                                scan_layers=scan_layers)
   state_path = _find_one(fixture_dir, ("*state_dict*.npz", "*state_dict*.safetensors",
                                        "*state_dict*.bin", "*state_dict*.pt"), "state dict")
   params, conversion = import_official(read_state_dict(state_path), config, dtype=dtype,
@@ -255,5 +258,6 @@ def run_parity(fixture_dir: str | os.PathLike, *, tolerance: float = 1e-5,
           diffs.append(_compare(key, ours, outputs[ours], ref, tolerance))
       else:
         diffs.append(_compare(key, ours, outputs[ours], ref, tolerance, note))
-  return ParityReport(fixture=fixture_dir, dtype=np.dtype(dtype).name, tolerance=tolerance,
-                      diffs=diffs, not_mapped=not_mapped, conversion=conversion)
+  label = np.dtype(dtype).name + (", layers scanned" if scan_layers else "")
+  return ParityReport(fixture=fixture_dir, dtype=label, tolerance=tolerance, diffs=diffs,
+                      not_mapped=not_mapped, conversion=conversion)
