@@ -119,7 +119,9 @@ def _run(cfg, params, dtype):
   return jax.tree.map(np.asarray, flat)
 
 
-@pytest.fixture(scope="module", params=sorted(LAYOUTS))
+# The fixture's layout is compared against the official outputs with scan on as well
+# (tests/test_parity.py); here the layouts it lacks: a multi-step stack and uneven blocks.
+@pytest.fixture(scope="module", params=["released", "uneven"])
 def runs(request):
   cfg = LAYOUTS[request.param]
   params = init_params(ViLBertForVLTasks(cfg), jax.random.key(0))
@@ -266,3 +268,28 @@ def test_official_init_and_bert_load_give_the_same_values_in_both_layouts():
   assert report.loaded == plain_report.loaded
   for a, b in zip(jax.tree.leaves(scan.to_scanned(plain, cfg)), jax.tree.leaves(loaded)):
     assert np.array_equal(a, b)
+
+
+def test_stacked_names_meet_the_same_optimizer_name_rules():
+  """The learning-rate groups and the weight-decay mask are decided on substrings of the
+  official name (`train/optimizer.py`); a stacked leaf's name (`official_name` of its path)
+  has the same of those substrings as every layer it stacks."""
+  from twelve_in_one.interop.names import official_name
+  rules = ("vil_", "bias", "LayerNorm.bias", "LayerNorm.weight")
+  cfg = base_config()
+  shapes = jax.eval_shape(lambda: init_params(ViLBertForVLTasks(cfg.replace(scan_layers=True)),
+                                              jax.random.key(0)))
+  members = {(stack.name, child): [name for step in stack.steps
+                                   for c, name in step.members() if c == child]
+             for stack in scan.stacks(cfg) for child, _ in stack.steps[0].members()}
+  checked = 0
+  for path in traverse_util.flatten_dict(shapes):
+    if path[:2] != ("bert", "encoder") or (path[2], path[3]) not in members:
+      continue
+    stacked = official_name(path)[0]
+    for layer in members[(path[2], path[3])]:
+      unrolled = official_name(("bert", "encoder", layer) + path[4:])[0]
+      assert {r for r in rules if r in stacked} == {r for r in rules if r in unrolled}, (
+          stacked, unrolled)
+      checked += 1
+  assert checked == 6 * 16 + 5 * (16 + 16 + 32)
