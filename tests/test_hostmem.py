@@ -90,7 +90,7 @@ def test_the_console_script_reexecs_only_cpu_training(command, platforms, reexec
   # The real dispatcher from a process command line, with the command itself replaced by a
   # print of the tunables it would run under.
   code = ("import os, sys; print('start', flush=True); from absl import app; "
-          "app.run = lambda main, argv: print(os.environ.get('GLIBC_TUNABLES')); "
+          "app.run = lambda main, argv, **options: print(os.environ.get('GLIBC_TUNABLES')); "
           "from twelve_in_one import cli; sys.argv = ['twelve-in-one', sys.argv[1]]; cli.main()")
   env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", "JAX_PLATFORM_NAME")}
   env["JAX_PLATFORMS"] = platforms
