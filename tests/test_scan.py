@@ -159,7 +159,8 @@ def test_remat_inside_the_scan_keeps_loss_and_gradients():
     return jax.jit(jax.value_and_grad(loss))(params)
 
   loss, grads = loss_and_grads(False)
-  for remat in (True, "coattention"):
+  # Every layer recomputed (the per-stream subsets take the same code path per layer kind).
+  for remat in (True,):
     remat_loss, remat_grads = loss_and_grads(remat)
     assert float(remat_loss) == float(loss)        # the same dropout masks and forward
     # Recomputation reorders float32 sums: rounding of the largest gradient, as
