@@ -160,14 +160,13 @@ def test_remat_inside_the_scan_keeps_loss_and_gradients():
 
   loss, grads = loss_and_grads(False)
   # Every layer recomputed (the per-stream subsets take the same code path per layer kind).
-  for remat in (True,):
-    remat_loss, remat_grads = loss_and_grads(remat)
-    assert float(remat_loss) == float(loss)        # the same dropout masks and forward
-    # Recomputation reorders float32 sums: rounding of the largest gradient, as
-    # tests/test_model.py::assert_grads_match bounds it.
-    scale = max(float(jnp.abs(g).max()) for g in jax.tree.leaves(grads))
-    for g, h in zip(jax.tree.leaves(grads), jax.tree.leaves(remat_grads)):
-      assert float(jnp.abs(g - h).max()) <= 1e-6 * scale
+  remat_loss, remat_grads = loss_and_grads(True)
+  assert float(remat_loss) == float(loss)        # the same dropout masks and forward
+  # Recomputation reorders float32 sums: rounding of the largest gradient, as
+  # tests/test_model.py::assert_grads_match bounds it.
+  scale = max(float(jnp.abs(g).max()) for g in jax.tree.leaves(grads))
+  for g, h in zip(jax.tree.leaves(grads), jax.tree.leaves(remat_grads)):
+    assert float(jnp.abs(g - h).max()) <= 1e-6 * scale
 
 
 def test_remat_inside_the_scan_shrinks_the_backward_passs_memory():
