@@ -2,6 +2,7 @@
 
     twelve-in-one parity --fixture=../shared/fixtures/vilbert_tiny
     twelve-in-one parity --fixture=../shared/fixtures/vilbert_tiny --float64 --tolerance=1e-9
+    twelve-in-one parity --fixture=../shared/fixtures/vilbert_tiny --scan_layers
 
 Loads the fixture's config and state dict through the converter, runs every run listed in its
 `manifest.json` in eval mode, and prints the max abs / relative difference of every output and
@@ -22,6 +23,8 @@ _TOLERANCE = flags.DEFINE_float("tolerance", 1e-5, "largest allowed max|ours - r
                                 "max(1, max|ref|) per array")
 _FLOAT64 = flags.DEFINE_bool("float64", False, "run in float64 (jax_enable_x64) against "
                              "outputs_fp64.npz")
+_SCAN_LAYERS = flags.DEFINE_bool("scan_layers", False, "run the encoder's layers as scans over "
+                                 "stacked parameters (config.model.scan_layers)")
 
 
 def main(argv: list[str]) -> int:
@@ -39,7 +42,8 @@ def main(argv: list[str]) -> int:
   from twelve_in_one.interop.parity import run_parity  # pylint: disable=import-outside-toplevel
   try:
     paths.check_bucket(_FIXTURE.value, "--fixture")
-    report = run_parity(_FIXTURE.value, tolerance=_TOLERANCE.value, float64=_FLOAT64.value)
+    report = run_parity(_FIXTURE.value, tolerance=_TOLERANCE.value, float64=_FLOAT64.value,
+                        scan_layers=_SCAN_LAYERS.value)
   except (ValueError, OSError) as e:
     print(f"twelve-in-one parity: error: {e}", file=sys.stderr)
     return 2
