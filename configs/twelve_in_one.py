@@ -111,12 +111,16 @@ def get_config(arg=None):
   # temporaries 3.69 -> 0.69 GiB at batch 32 on CPU, for one more forward's compute), or a
   # comma-separated subset of "text", "visual", "coattention"; "none" keeps every activation
   # (see BENCHMARKS.md). A string, so that `--config.model.remat=coattention` parses.
+  # `scan_layers` runs the encoder's layers as `nn.scan`s over stacked parameters
+  # (models/scan.py): one compiled body per stack instead of one per layer, so each task's
+  # step compiles faster and its executable is smaller; off by default, since on the CPU the
+  # scanned step runs slower (BENCHMARKS.md). Checkpoints convert between the two layouts.
   # `dtype` is the compute dtype; parameters and optimizer state are float32 whatever it is.
   # The accelerator variants (twelve_in_one, single, finetune) set bfloat16 below; the CPU ones
   # (smoke, tiny) keep float32, since the CPU has no fast bfloat16.
   config.model = config_dict.ConfigDict(dict(
       name="base", dtype="float32", attention_impl="einsum", task_specific_tokens=True,
-      vocab_size=0, dropout=-1.0, remat="none"))
+      vocab_size=0, dropout=-1.0, remat="none", scan_layers=False))
 
   config.tasks = ",".join(TWELVE)
   config.task_settings = _task_settings(TWELVE)

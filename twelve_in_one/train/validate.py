@@ -38,7 +38,8 @@ def run_model_config(config) -> ViLBertConfig:
   `config.model.vocab_size` > 0 replaces the preset's vocabulary size, and
   `config.model.dropout` >= 0 replaces all four dropout probabilities (the presets keep
   BERT's 0.1; the small CPU main job trains without dropout, since it sees each example only a
-  few times and dropout mostly slows the fit there).
+  few times and dropout mostly slows the fit there). `config.model.scan_layers` runs the
+  encoder's layers as scans over stacked parameters (`models/scan.py`).
   """
   overrides = {}
   if config.model.vocab_size:
@@ -53,7 +54,8 @@ def run_model_config(config) -> ViLBertConfig:
   return get_model_config(config.model.name, dtype=config.model.dtype,
                           attention_impl=config.model.attention_impl,
                           task_specific_tokens=config.model.task_specific_tokens,
-                          remat=config.model.get("remat", False), **overrides)
+                          remat=config.model.get("remat", False),
+                          scan_layers=config.model.get("scan_layers", False), **overrides)
 
 
 def _positive(key: str, value) -> None:
