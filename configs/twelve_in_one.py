@@ -113,8 +113,9 @@ def get_config(arg=None):
   # (see BENCHMARKS.md). A string, so that `--config.model.remat=coattention` parses.
   # `scan_layers` runs the encoder's layers as `nn.scan`s over stacked parameters
   # (models/scan.py): one compiled body per stack instead of one per layer, so each task's
-  # step compiles faster and its executable is smaller; off by default, since on the CPU the
-  # scanned step runs slower (BENCHMARKS.md). Checkpoints convert between the two layouts.
+  # step compiles faster and its executable is smaller. On in the accelerator variants; off in
+  # the CPU ones (smoke, tiny), where the scanned step runs slower (BENCHMARKS.md).
+  # Checkpoints and init checkpoints convert between the two layouts.
   # `dtype` is the compute dtype; parameters and optimizer state are float32 whatever it is.
   # The accelerator variants (twelve_in_one, single, finetune) set bfloat16 below; the CPU ones
   # (smoke, tiny) keep float32, since the CPU has no fast bfloat16.
@@ -162,10 +163,12 @@ def get_config(arg=None):
   config.distributed = config_dict.ConfigDict(dict(
       initialize="auto", coordinator_address="", num_processes=0, process_id=-1))
 
-  if variant == "twelve_in_one":
+  if variant in ("twelve_in_one", "single", "finetune"):
+    # The accelerator variants: bfloat16 compute, and scanned layers, whose one body per
+    # stack is what keeps twelve tasks' compiles short on a TPU.
     config.model.dtype = "bfloat16"
-  elif variant in ("single", "finetune"):
-    config.model.dtype = "bfloat16"
+    config.model.scan_layers = True
+  if variant in ("single", "finetune"):
     if not task:
       raise ValueError(f"config variant {variant!r} needs a task, e.g. {variant}:refcoco")
     if task not in OFFICIAL:
@@ -227,7 +230,7 @@ def get_config(arg=None):
         TWELVE, lambda name, entry: dict(
             batch_size=8, max_seq_length=6, num_detected_regions=5,
             max_region_num=10 if name in ("visual7w", "guesswhat_pointing") else 5))
-  else:
+  elif variant != "twelve_in_one":
     raise ValueError(f"unknown config variant {variant!r}; expected twelve_in_one, "
                      "single:TASK, finetune:TASK, smoke or tiny")
   return config

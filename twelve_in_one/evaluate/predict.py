@@ -36,7 +36,7 @@ from twelve_in_one import paths
 from twelve_in_one.data.features import (BottomUpTSV, FeatureLMDB, ImageFeatures,
                                          build_image_features, pad_regions)
 from twelve_in_one.evaluate.metrics import CLASSIFIERS, LABEL_NAMES
-from twelve_in_one.models import ViLBertForVLTasks
+from twelve_in_one.models import ViLBertForVLTasks, scan
 from twelve_in_one.models.config import ViLBertConfig
 from twelve_in_one.tasks.registry import Task, get_task
 
@@ -135,12 +135,15 @@ def _forward(model_config: ViLBertConfig, output: str, attention: bool):
   return jax.jit(run)
 
 
-def last_text_to_image(intermediates: dict) -> np.ndarray:
-  """Head-averaged text->image probabilities of the last co-attention block: [B, T+1, R]."""
-  blocks = intermediates["bert"]["encoder"]
-  last = max((name for name in blocks if name.startswith("c_layer_")),
-             key=lambda name: int(name.rsplit("_", 1)[1]))
-  probabilities = np.asarray(blocks[last]["biattention"]["text_to_image"][0], np.float32)
+def last_text_to_image(intermediates: dict, model_config: ViLBertConfig) -> np.ndarray:
+  """Head-averaged text->image probabilities of the last co-attention block: [B, T+1, R].
+
+  With `scan_layers` the blocks' maps are sown stacked along the scan; `coattention_maps`
+  gives them per block in either layout.
+  """
+  maps = scan.coattention_maps(intermediates, model_config)
+  last = max(maps, key=lambda name: int(name.rsplit("_", 1)[1]))
+  probabilities = np.asarray(maps[last]["text_to_image"][0], np.float32)
   return probabilities.mean(axis=1)
 
 
@@ -196,7 +199,7 @@ def predict(params: Any, model_config: ViLBertConfig, task: Task | str,
                    candidates)
   probabilities = None
   if attention:
-    probabilities = last_text_to_image(intermediates)[0][:len(tokens)]
+    probabilities = last_text_to_image(intermediates, model_config)[0][:len(tokens)]
   return Prediction(task.name, text, tokens, result, images, probabilities)
 
 

@@ -24,6 +24,7 @@ from flax import traverse_util
 from twelve_in_one import paths
 from twelve_in_one.interop import bert as bert_io
 from twelve_in_one.interop import checkpoint_io, official
+from twelve_in_one.models import scan
 from twelve_in_one.models.config import ViLBertConfig
 
 
@@ -46,6 +47,9 @@ def load_init_params(config, model_config: ViLBertConfig, params: Any) -> tuple[
     # epath, not os.path: on a bucket a folder is a prefix, which os.path never sees.
     if location.is_dir():
       loaded, saved_config, _ = checkpoint_io.load_params(path)
+      # A folder saved by a run with the other `scan_layers` setting holds the same layers
+      # stacked (or per layer): bring it to this run's layout before comparing shapes.
+      loaded = scan.to_layout(loaded, model_config)
       _check_same_shapes(loaded, params, path)
       params = loaded
       reports.append(f"{path}: loaded our checkpoint (model {saved_config.hidden_size}-wide)")
