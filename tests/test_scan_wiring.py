@@ -96,3 +96,29 @@ def test_prediction_attention_map_is_the_same_in_both_layouts():
   np.testing.assert_allclose(maps[False].sum(-1), 1.0, rtol=1e-5)
   # The scan changes only how XLA orders float32 operations.
   np.testing.assert_allclose(maps[True], maps[False], rtol=1e-5, atol=1e-6)
+
+
+def test_workdir_checkpoint_is_read_in_the_layout_it_was_trained_in(tmp_path):
+  """Evaluating a `scan_layers` run with a config that does not say so still reads it."""
+  import types
+
+  from twelve_in_one.evaluate.restore import load_model
+  from twelve_in_one.train.checkpoint import Checkpointer
+
+  module = _config_module()
+  run_config = module.get_config("tiny")
+  run_config.model.scan_layers = True
+  model_config = run_model_config(run_config)
+  params = jax.tree.map(np.asarray, init_params(ViLBertForVLTasks(model_config),
+                                                jax.random.key(5)))
+  state = types.SimpleNamespace(step=np.int32(7), params=params, opt_state={})
+  checkpointer = Checkpointer(str(tmp_path / "run"), asynchronous=False)
+  checkpointer.save(7, state, {"iteration": 7}, wait=True)
+  checkpointer.close()
+
+  eval_config = module.get_config("tiny")          # scan_layers False: the CPU default
+  loaded = load_model(str(tmp_path / "run"), eval_config)
+  assert loaded.config.scan_layers is True and loaded.iteration == 7
+  got = traverse_util.flatten_dict(jax.tree.map(np.asarray, loaded.params), sep="/")
+  for name, value in traverse_util.flatten_dict(params, sep="/").items():
+    np.testing.assert_array_equal(got[name], value, err_msg=name)

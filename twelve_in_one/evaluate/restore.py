@@ -5,8 +5,9 @@ Three kinds of path are accepted, told apart by what they hold:
 * a training workdir (`<dir>/checkpoints/<iteration>/`): the newest readable iteration (or the
   one asked for). Only the parameters are read (a partial orbax restore; the Adam moments stay
   on disk), directly onto the trainer's mesh and shardings. The model config comes from the
-  run config (`config.model`), with the answer-head sizes read from the checkpoint's own
-  metadata: they are fixed by the prepared answer vocabularies when the run started.
+  run config (`config.model`), with the answer-head sizes and the layers' layout (stacked
+  with `scan_layers`, or per layer) read from the checkpoint's own metadata: the answer
+  vocabularies were fixed when the run started, and the layout by its config.
 * one iteration of a workdir (`<dir>/checkpoints/<iteration>`).
 * a params checkpoint written by `twelve-in-one convert` / `checkpoint_io.save_params` (the
   config is stored beside the parameters).
@@ -29,7 +30,7 @@ from flax import traverse_util
 
 from twelve_in_one import paths
 from twelve_in_one.interop import checkpoint_io
-from twelve_in_one.models import ViLBertForVLTasks
+from twelve_in_one.models import ViLBertForVLTasks, scan
 from twelve_in_one.models.config import ViLBertConfig
 from twelve_in_one.models.vilbert import init_variables
 from twelve_in_one.train import sharding
@@ -104,6 +105,17 @@ def _head_sizes(shapes: dict[tuple[str, ...], tuple]) -> dict[str, int]:
   return {field: int(shapes[path][0]) for field, path in ANSWER_HEADS if path in shapes}
 
 
+def _stored_scanned(shapes: dict[tuple[str, ...], tuple]) -> bool:
+  """Whether the checkpoint holds the encoder's layers stacked (a `scan_layers` run).
+
+  The layout is the checkpoint's, whatever the config given to read it says, so a run
+  trained with scanned layers is evaluated with them (the two layouts compute the same
+  function) and the moments never need converting.
+  """
+  return any(len(path) > 2 and path[:2] == ("bert", "encoder")
+             and path[2].startswith(scan.STACK_PREFIXES) for path in shapes)
+
+
 def _check_shapes(stored: dict, expected: dict, where: str) -> None:
   problems = [f"{'/'.join(p)}: missing from the checkpoint" for p in expected if p not in stored]
   problems += [f"{'/'.join(p)}: shape {stored[p]} in the checkpoint, the configured model "
@@ -157,7 +169,8 @@ def load_model(source: str, config=None, *, mesh=None, rules: tuple = (),
   for step in candidates:
     try:
       shapes = _stored_shapes(manager, step)
-      model_config = run_model_config(config).replace(**_head_sizes(shapes))
+      model_config = run_model_config(config).replace(
+          **_head_sizes(shapes), scan_layers=_stored_scanned(shapes))
       if mesh is None:
         mesh = sharding.make_mesh({"data": 1}, jax.devices()[:1])
       abstract, shardings = param_shardings(model_config, mesh, rules)
