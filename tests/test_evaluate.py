@@ -254,6 +254,19 @@ def test_evaluate_writes_metrics_predictions_and_server_files(tiny, tmp_path):
   ranked = result["tasks"]["retrieval_flickr30k"]["val"]
   assert ranked["retrieval"]["num_captions"] == 20 and ranked["images"] == 4
   assert np.load(out / "predictions" / "retrieval_flickr30k_val_scores.npy").shape == (20, 4)
+  # The official scripts' files, entry for entry the same predictions.
+  official = out / "official"
+  vqa_official = json.loads((official / "vqa/minval_result.json").read_text())
+  assert vqa_official == server
+  grounding = json.loads((official / "refcoco/val_result.json").read_text())
+  refcoco_records = json.loads((out / "predictions/refcoco_val.json").read_text())
+  assert [(e["id"], e["target"], e["IOU"]) for e in grounding] == [
+      (r["id"], r["region"], r["iou"]) for r in refcoco_records]
+  top = json.loads((official / "retrieval_flickr30k/val_result.json").read_text())
+  scores = np.load(out / "predictions" / "retrieval_flickr30k_val_scores.npy")
+  assert [row[0] for row in top] == np.argmax(scores, axis=1).tolist()
+  assert len(top) == 20 and all(len(row) == 4 for row in top)
+  assert json.loads((official / "refcoco/val_others.json").read_text()) == []
   table = (out / "results.md").read_text()
   assert "| refcoco | accuracy (IoU > 0.5) |" in table
   assert json.loads((out / "results.json").read_text())["tasks"]["vqa"]["minval"]["labelled"] > 0

@@ -10,7 +10,8 @@ For each task and split (default: the task's official evaluation splits, `Task.e
   `retrieval_images`, 1000 by default as in the paper; 0 = all, e.g. COCO 5k) and report
   R@1/5/10, median and mean rank in both directions (`retrieval.py`);
 * per-item predictions in `predictions/<task>_<split>.json` (and the score matrix of retrieval
-  as `.npy`); VQA and GQA evaluation-server files in `submissions/`;
+  as `.npy`); VQA and GQA evaluation-server files in `submissions/`; the official scripts'
+  `<split>_result.json` / `<split>_others.json` in `official/<task>/` (`official_format.py`);
 * `results.json` and `results.md`: the paper-style table (`paper.py`) and every number.
 
 Files go to `out_dir` (default `<workdir>/eval`, or `<checkpoint>-eval` beside a params
@@ -30,7 +31,7 @@ import numpy as np
 import tqdm
 
 from twelve_in_one import paths
-from twelve_in_one.evaluate import paper, retrieval, submission
+from twelve_in_one.evaluate import official_format, paper, retrieval, submission
 from twelve_in_one.evaluate.metrics import (SplitScore, device_fields, item_records,
                                             make_prediction_step)
 from twelve_in_one.evaluate.restore import LoadedModel, checkpoint_kind, load_model
@@ -153,6 +154,10 @@ def evaluate(config, source: str, tasks: Sequence[str] | None = None, split: str
             path = os.path.join(out_dir, "predictions", f"{task.name}_{split_name}_scores.npy")
             written.append(submission.write_file(path, lambda f, m=extra: np.save(f, m),
                                                  mode="wb"))
+          result_path, others_path = official_format.official_paths(task, split_name, out_dir)
+          written.append(submission.write_json(
+              result_path, official_format.official_results(task, records, extra)))
+          written.append(submission.write_json(others_path, []))
           if vocab is not None:
             server = submission.write_server_file(task, split_name, records, out_dir)
             if server:
