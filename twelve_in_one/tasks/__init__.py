@@ -1,6 +1,23 @@
-"""The Task registry, head types, losses and metrics. Read by the model, data and trainer."""
+"""The Task registry, head types, losses and metrics. Read by the model, data and trainer.
 
-from twelve_in_one.tasks.heads import HEAD_TYPES, HeadType, get_head_type
-from twelve_in_one.tasks.process import model_inputs
-from twelve_in_one.tasks.registry import (TASKS, TWELVE_TASKS, Task, get_task, get_tasks,
-                                          loss_scale, task_by_id)
+The registry is plain data and is imported here at once; the jax parts (head types' losses
+and scores, the batch-to-model-inputs reshapes) load on first use, so importing the registry
+(`twelve_in_one.tasks.registry`, or the names below) never imports jax.
+"""
+
+import importlib
+
+from twelve_in_one.tasks.registry import (HEAD_SPECS, TASKS, TWELVE_TASKS, HeadSpec, Task,
+                                          get_task, get_tasks, loss_scale, register_task,
+                                          registered_task, task_by_id, unregister_task)
+
+# Names of the jax-side modules, loaded on first access.
+_LAZY = {"HEAD_TYPES": "heads", "HeadType": "heads", "get_head_type": "heads",
+         "model_inputs": "process"}
+
+
+def __getattr__(name: str):
+  if name in _LAZY:
+    module = importlib.import_module(f"{__name__}.{_LAZY[name]}")
+    return getattr(module, name)
+  raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

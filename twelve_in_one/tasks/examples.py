@@ -41,7 +41,7 @@ def random_batch(task: Task, batch_size: int, *, seed: int = 0, vocab_size: int 
   image_mask = (np.arange(regions) < real_regions[..., None]).astype(np.int32)
   if task.process == "nlvr":   # the first image always fills its regions (see process.py)
     image_mask[..., :num_regions] = 1
-  if task.head_type == "V-logit-mc":  # candidate boxes are real regions
+  if task.head_spec.target == "pointing":  # candidate boxes are real regions
     image_mask[...] = 1
   image_feat = rng.random(lead + (regions, feature_size), dtype=np.float32)
   corner = rng.random(lead + (regions, 2), dtype=np.float32) * 0.5
@@ -62,24 +62,26 @@ def random_batch(task: Task, batch_size: int, *, seed: int = 0, vocab_size: int 
 def _random_targets(task: Task, batch_size: int, num_regions: int, rng: np.random.Generator,
                     num_vqa_answers: int, num_gqa_answers: int,
                     image_mask: np.ndarray) -> dict[str, np.ndarray]:
-  kind = task.head_type
-  if kind in ("VL-classifier", "VL-classifier-GQA"):
-    classes = num_vqa_answers if kind == "VL-classifier" else num_gqa_answers
+  spec = task.head_spec
+  kind = spec.target
+  if kind == "classifier":
+    classes = {"num_vqa_answers": num_vqa_answers,
+               "num_gqa_answers": num_gqa_answers}[spec.answer_head]
     target = np.zeros((batch_size, classes), np.float32)
     for row in range(batch_size):
       answers = rng.choice(classes, size=3, replace=False)
       target[row, answers] = rng.choice([0.3, 0.6, 0.9, 1.0], size=3)
     return {"target": target}
-  if kind == "VL-logit":
+  if kind == "retrieval":
     return {"target": np.zeros((batch_size,), np.int32)}
-  if kind in ("VL-binary-classifier", "VL-tri-classifier"):
-    classes = 2 if kind == "VL-binary-classifier" else 3
+  if kind == "onehot":
+    classes = spec.num_classes
     return {"target": np.eye(classes, dtype=np.float32)[rng.integers(0, classes, batch_size)]}
-  if kind == "V-logit":
+  if kind == "grounding":
     iou = rng.random((batch_size, num_regions, 1), dtype=np.float32)
     iou = np.where(iou >= 0.5, iou, 0.0) * image_mask[..., None]
     return {"target": iou.astype(np.float32)}
-  if kind == "V-logit-mc":
+  if kind == "pointing":
     num_candidates = task.num_candidates
     gt_boxes = num_regions - task.num_detected_regions
     if gt_boxes < num_candidates:
@@ -91,4 +93,4 @@ def _random_targets(task: Task, batch_size: int, num_regions: int, rng: np.rando
     target = np.zeros((batch_size, num_candidates, 1), np.float32)
     target[np.arange(batch_size), rng.integers(0, num_candidates, batch_size), 0] = 1.0
     return {"multiple_choice_ids": ids, "target": target}
-  raise ValueError(f"task {task.name}: no random targets for head type {kind!r}")
+  raise ValueError(f"task {task.name}: no random targets for head type {task.head_type!r}")
