@@ -32,22 +32,9 @@ from twelve_in_one.data.features import (
 )
 from twelve_in_one.data.regions import box_overshoot
 
-if TYPE_CHECKING:  # the registry imports jax; data code only needs its fields
+if TYPE_CHECKING:
   from twelve_in_one.tasks.registry import Task
 
-# Head type -> how its target is stored and assembled.
-KIND_OF_HEAD = {
-    "VL-classifier": "classifier",
-    "VL-classifier-GQA": "classifier",
-    "VL-logit": "retrieval",
-    "V-logit": "grounding",
-    "V-logit-mc": "pointing",
-    "VL-binary-classifier": "onehot",
-    "VL-tri-classifier": "onehot",
-}
-ONEHOT_CLASSES = {"VL-binary-classifier": 2, "VL-tri-classifier": 3}
-# Visual7W: the answer box plus its three multiple choices.
-VISUAL7W_CANDIDATES = 4
 # Skip-report reasons of boxes clipped to their image (see `regions.py`), counted by prepare.
 CLIPPED_REGION_BOXES = "region boxes past the image edge (clipped to the image)"
 CLIPPED_REF_BOXES = "annotated boxes past the image edge (clipped to the image)"
@@ -59,8 +46,8 @@ REF_BOX_CLIPPED = "ref_box_clipped"
 class Layout:
   """Everything the assembly needs to know about a task, as plain values.
 
-  Plain values (not the `Task`) so that pipeline transforms pickle into data-loader workers
-  without importing the registry (which imports jax).
+  Plain values (not the `Task`) so that pipeline transforms pickle small into data-loader
+  workers and stay valid for tasks registered only in the parent process.
   """
   task: str
   kind: str            # classifier | onehot | retrieval | grounding | pointing
@@ -77,20 +64,17 @@ class Layout:
   def from_task(cls, task: Task, *, num_classes: int = 0,
                 feature_dim: int = DEFAULT_FEATURE_DIM) -> Layout:
     """The layout of a registry task; `num_classes` is the answer-vocabulary size (classifiers)."""
-    kind = KIND_OF_HEAD.get(task.head_type)
-    if kind is None:
-      raise ValueError(f"task {task.name}: no example builder for head type {task.head_type!r}")
-    num_candidates = 0
+    spec = task.head_spec
+    kind = spec.target
     if kind == "onehot":
-      num_classes = ONEHOT_CLASSES[task.head_type]
+      num_classes = spec.num_classes
+    num_candidates = task.num_candidates
     if kind == "pointing":
-      # GuessWhat pads its candidate list to the whole GT part but one slot, which stays
-      # padding so the official pad id (this same number) always points at an empty region.
-      num_candidates = (VISUAL7W_CANDIDATES if task.dataset == "visual7w"
-                        else task.max_region_num - task.num_detected_regions - 1)
+      # The candidates live after the detected regions (see `Task.num_candidates`).
       if num_candidates < 1 or task.num_detected_regions + num_candidates > task.max_region_num:
         raise ValueError(f"task {task.name}: {task.max_region_num} regions leave no room for "
-                         f"candidates after {task.num_detected_regions} detected regions")
+                         f"{num_candidates} candidates after {task.num_detected_regions} "
+                         "detected regions")
     return cls(task=task.name, kind=kind, seq_len=task.max_seq_length,
                regions=task.max_region_num, images=task.images_per_example,
                num_options=task.num_options, num_classes=num_classes,

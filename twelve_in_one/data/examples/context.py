@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from twelve_in_one.data.annotations.clean import CLEAN_SOURCE_OF_DATASET, load_test_image_ids
+from twelve_in_one.data.annotations.clean import load_test_image_ids
 from twelve_in_one.data.errors import DataError
 from twelve_in_one.data.features import (
     DEFAULT_BOX_CLIP,
@@ -19,15 +19,6 @@ from twelve_in_one.data.tokenizer import Tokenizer
 
 if TYPE_CHECKING:
   from twelve_in_one.tasks.registry import Task
-
-# Which entry of CLEAN_SOURCE_OF_DATASET each task's dataset uses.
-CLEAN_KEY_OF_DATASET = {
-    "vqa": "vqa", "genome_qa": "genome", "gqa": "gqa", "retrieval_coco": "retrieval_coco",
-    "retrieval_flickr30k": "retrieval_flickr30k", "refcoco": "refcoco", "refcoco_plus": "refcoco",
-    "refcocog": "refcoco", "visual7w": "visual7w", "guesswhat_pointing": "guesswhat",
-    "snli_ve": "snli_ve",
-}
-
 
 def datasets_root(release_dir: str | os.PathLike[str]) -> Path:
   """The release's `datasets/` folder: `release_dir/datasets` if present, else `release_dir`."""
@@ -61,6 +52,14 @@ class BuildContext:
     return self.datasets_dir / self.task.dataroot
 
   @property
+  def reader_dataset(self) -> str:
+    """Which dataset of a reader that serves several (`Task.reader_dataset`)."""
+    if not self.task.reader_dataset:
+      raise ValueError(f"task {self.task.name}: its reader {self.task.reader!r} serves several "
+                       "datasets; the task must name one (Task.reader_dataset)")
+    return self.task.reader_dataset
+
+  @property
   def box_clip(self) -> float:
     """How many pixels past the image edge a box is clipped rather than refused."""
     return 0.0 if self.strict_boxes else DEFAULT_BOX_CLIP
@@ -79,15 +78,17 @@ class BuildContext:
     return self._readers[path]
 
   def clean_ids(self, split: str) -> frozenset[int] | None:
-    """The test image ids to drop from `split`, or None when the split is not cleaned."""
-    key = CLEAN_KEY_OF_DATASET.get(self.task.dataset)
-    if not self.clean or key is None:
+    """The test image ids to drop from `split`, or None when the split is not cleaned.
+
+    Which splits are cleaned, with which test-id file, is the task's `clean_source` and
+    `clean_splits` (the official readers' choice).
+    """
+    if not self.clean or self.task.clean_source is None:
       return None
-    source, cleaned_splits = CLEAN_SOURCE_OF_DATASET[key]
-    if split not in cleaned_splits:
+    if split not in self.task.clean_splits:
       return None
     try:
-      return load_test_image_ids(self.dataroot / "cache", [source])
+      return load_test_image_ids(self.dataroot / "cache", [self.task.clean_source])
     except DataError as error:
       raise DataError(f"{error} (the clean filter needs it; prepare with clean=False / "
                       "--noclean_train_sets to train on every image)") from error

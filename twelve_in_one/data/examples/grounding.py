@@ -64,7 +64,7 @@ def _threshold(iou: np.ndarray) -> np.ndarray:
 
 def build_refer_split(ctx: BuildContext, split: str) -> SplitExamples:
   """RefCOCO / RefCOCO+ / RefCOCOg: expression + regions + per-region IoU target."""
-  dataset = ctx.task.official_name
+  dataset = ctx.reader_dataset
   entries = load_refer(ctx.dataroot / dataset, split, SPLIT_BY_OF_DATASET[dataset],
                        clean_image_ids=ctx.clean_ids(split))
   layout = Layout.from_task(ctx.task)

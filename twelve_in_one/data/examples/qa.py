@@ -40,9 +40,10 @@ from twelve_in_one.data.examples.common import (
 )
 from twelve_in_one.data.examples.context import BuildContext, ImageTable
 
-_SOFT_TARGET_READERS = {
+# Annotation format (`Task.reader`) -> (split loader, answer-vocabulary loader).
+SOFT_TARGET_READERS = {
     "vqa": (load_vqa, load_vqa_answer_vocab),
-    "genome_qa": (load_genome, load_genome_answer_vocab),
+    "genome": (load_genome, load_genome_answer_vocab),
     "gqa": (load_gqa, load_gqa_answer_vocab),
 }
 
@@ -70,7 +71,7 @@ def _split(ctx: BuildContext, layout: Layout, split: str, entries: AnnotationSpl
 
 def build_soft_target_split(ctx: BuildContext, split: str) -> SplitExamples:
   """VQA, VG-QA or GQA: question + image + sparse soft target."""
-  load, load_vocab = _SOFT_TARGET_READERS[ctx.task.dataset]
+  load, load_vocab = SOFT_TARGET_READERS[ctx.task.reader]
   vocab = load_vocab(ctx.dataroot)
   entries = load(ctx.dataroot, split, clean_image_ids=ctx.clean_ids(split), answer_vocab=vocab)
   layout = Layout.from_task(ctx.task, num_classes=vocab.num_labels)

@@ -44,7 +44,6 @@ from twelve_in_one.data.examples.common import (
 )
 from twelve_in_one.data.examples.context import BuildContext, ImageTable
 
-DATASET_OF_TASK = {"retrieval_coco": "coco", "retrieval_flickr30k": "flickr30k"}
 POOL_NOT_IN_SPLIT = "hard-negative pool entries whose image is not in the split (not drawn)"
 
 
@@ -57,7 +56,7 @@ def build_retrieval_split(ctx: BuildContext, split: str) -> SplitExamples:
   """Captions (one record each) + the split's images + the tables the negatives need."""
   layout = Layout.from_task(ctx.task)
   annotations = load_retrieval(ctx.dataroot / retrieval_file(split),
-                               DATASET_OF_TASK[ctx.task.dataset], split,
+                               ctx.reader_dataset, split,
                                clean_image_ids=ctx.clean_ids(split))
   source = annotations.source
   images = ImageTable(ctx.features())
