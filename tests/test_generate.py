@@ -24,13 +24,13 @@ import pytest
 from PIL import Image
 
 from twelve_in_one.data import annotations as ann
-from twelve_in_one.data.annotations.clean import CLEAN_SOURCE_OF_DATASET, load_test_image_ids
+from twelve_in_one.data.annotations.clean import load_test_image_ids
 from twelve_in_one.data.annotations.gqa import load_gqa_answer_vocab
 from twelve_in_one.data.annotations.retrieval import RETRIEVAL_FILES
 from twelve_in_one.data.annotations.vqa import load_vqa_answer_vocab
 from twelve_in_one.data.features import FeatureLMDB
 from twelve_in_one.data.generate import GeneratorConfig, generate, layout, pools, read_summary
-from twelve_in_one.data.generate import release as release_module
+from twelve_in_one.data.generate import qa as qa_module
 from twelve_in_one.data.generate.extractor import extract
 from twelve_in_one.data.generate.regions import box_iou
 from twelve_in_one.data.generate.scenes import COLOURS, RELATIONS, SHAPES, SIZES, Scene, level, side
@@ -68,14 +68,18 @@ def _scenes(config: GeneratorConfig) -> dict[str, dict]:
 # ---------------------------------------------------------------------------
 # Layout, determinism, atomicity.
 
-def test_paths_match_the_task_registry():
-  from twelve_in_one.tasks.registry import TASKS  # imports jax; only this test needs it
+def test_the_release_holds_every_registry_task_at_its_paths(tiny):
+  from twelve_in_one.tasks.registry import TASKS
+  summary = read_summary(tiny)
+  assert list(summary["tasks"]) == list(TASKS)   # every task, in registry order
   for name, task in TASKS.items():
-    assert layout.DATAROOTS[name] == task.dataroot, name
-    assert layout.FEATURES[name] == (task.features, task.gt_features), name
-    assert layout.VAL_SPLITS[name] == task.val_split, name
-    assert layout.TRAIN_SPLITS[name] == task.train_split, name
-  assert set(layout.DATAROOTS) == set(TASKS)
+    entry = summary["tasks"][name]
+    assert (entry["dataroot"], entry["features"], entry["gt_features"]) == (
+        task.dataroot, task.features, task.gt_features), name
+    assert (entry["train_split"], entry["val_split"]) == (task.train_split, task.val_split)
+    assert entry["baselines"]["metric"] == task.metric, name
+    for path in filter(None, (task.dataroot, task.features, task.gt_features)):
+      assert (tiny / "datasets" / path).is_dir(), (name, path)
 
 
 def test_same_seed_gives_the_same_bytes(tiny, tmp_path):
@@ -112,7 +116,7 @@ def test_an_interrupted_run_leaves_nothing(tmp_path, monkeypatch):
   def fail(*args, **kwargs):
     raise KeyboardInterrupt
 
-  monkeypatch.setattr(release_module.qa, "write_gqa", fail)
+  monkeypatch.setattr(qa_module, "write_gqa", fail)
   out = tmp_path / "release"
   with pytest.raises(KeyboardInterrupt):
     generate(out, **TINY, **QUIET)
@@ -206,10 +210,11 @@ def test_hard_negatives_clean_ids_and_vocabularies(tiny):
       assert sorted(pool.image_ids) == sorted(train.image_ids)
       assert all(pool.pool[row, 0] == row for row in range(len(pool.image_ids)))
     assert all(len(train.captions_of_image[i]) == 5 for i in train.image_ids)
-  for family, (source, _) in CLEAN_SOURCE_OF_DATASET.items():
-    task = release_module._CLEAN_DATAROOTS[family]
-    test_ids = load_test_image_ids(datasets / layout.DATAROOTS[task] / "cache", [source])
-    assert len(test_ids) == TINY["num_test_images"]
+  from twelve_in_one.tasks.registry import TASKS
+  for task in TASKS.values():
+    if task.clean_source is not None:
+      test_ids = load_test_image_ids(datasets / task.dataroot / "cache", [task.clean_source])
+      assert len(test_ids) == TINY["num_test_images"], task.name
   vqa_vocab = load_vqa_answer_vocab(datasets / "VQA")
   genome_vocab = load_vqa_answer_vocab(datasets / "visual_genome")
   assert vqa_vocab == genome_vocab  # VG-QA answers live in VQA's label space
@@ -400,7 +405,7 @@ def test_pointing_dialogues_and_statements_are_true(tiny):
 def test_every_object_is_detected_and_features_come_from_the_pixels(tiny):
   config = GeneratorConfig(seed=0, **TINY)
   datasets = tiny / "datasets"
-  reader = FeatureLMDB(datasets / layout.COCO_FEATURES)
+  reader = FeatureLMDB(datasets / layout.FEATURES["vqa"][0])   # the COCO pool's features
   for spec in pools.scene_specs("coco", config)[:6]:
     image = reader[spec.image_id]
     boxes = image.boxes_pixels5[1:, :4]

@@ -3,8 +3,9 @@
 No public data can be fetched on a fresh machine, so the project makes its
 own: :func:`generate` renders seeded synthetic scenes (coloured shapes, with
 a scene graph), simulates a detector's top-N boxes, computes 2048-d region
-features from the pixels with a fixed extractor, and writes all twelve
-datasets with the file names and formats of the official release. The
+features from the pixels with a fixed extractor, and writes the datasets of
+all twelve tasks (and of any task registered with a generator part) with the
+file names and formats of the official release. The
 result goes through exactly the code path real data takes::
 
   twelve-in-one generate --out DIR
@@ -17,8 +18,9 @@ image pools and their LMDBs), ``language`` and ``balance`` (unique
 descriptions, answer balancing), ``questions`` and ``qa`` (VQA, VG-QA, GQA),
 ``retrieval`` (COCO/Flickr captions, hard negatives), ``referring``
 (RefCOCO/+/g), ``pointing`` (Visual7W, GuessWhat), ``statements`` (NLVR2,
-SNLI-VE), ``release`` (the whole release), ``samples`` (pictures for the
-README) and ``baselines`` (chance levels and blind baselines).
+SNLI-VE), ``parts`` (each task's pool, writer, baselines and text length),
+``release`` (the whole release), ``samples`` (pictures for the README) and
+``baselines`` (chance levels and blind baselines).
 
 Writing is atomic: the release is built in ``<out>.tmp-<pid>`` and renamed
 to ``<out>`` when complete, with ``summary.json`` written last, so an
@@ -45,6 +47,7 @@ from twelve_in_one.data.generate.layout import (
     GeneratorConfig,
     write_json,
 )
+from twelve_in_one.data.generate.parts import generated_parts
 from twelve_in_one.data.generate.release import write_release
 from twelve_in_one.data.generate.samples import write_samples
 
@@ -75,9 +78,11 @@ def _tree_size(root: str) -> tuple[int, int]:
 def _summary(out_dir: str, config: GeneratorConfig, written: dict[str, Any],
              samples: list[str]) -> dict[str, Any]:
   counts = written["counts"]
-  baselines = task_baselines(os.path.join(out_dir, "datasets"))
+  parts = generated_parts()
+  baselines = task_baselines(os.path.join(out_dir, "datasets"),
+                             {name: part.baselines for name, part in parts.items()})
   tasks = {}
-  for task in DATAROOTS:
+  for task in parts:
     features, gt_features = FEATURES[task]
     tasks[task] = {"dataroot": DATAROOTS[task], "features": features,
                    "gt_features": gt_features, "train_split": TRAIN_SPLITS[task],

@@ -28,26 +28,25 @@ from __future__ import annotations
 
 import collections
 import os
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from twelve_in_one.data import annotations as ann
+from twelve_in_one.data.annotations.refer import SPLIT_BY_OF_DATASET
 from twelve_in_one.data.features import FeatureLMDB
 from twelve_in_one.data.generate.layout import DATAROOTS, FEATURES, TRAIN_SPLITS, VAL_SPLITS
 from twelve_in_one.data.generate.regions import box_iou
 from twelve_in_one.data.generate.retrieval import TRAIN_FILE, VAL_FILE
+from twelve_in_one.tasks.registry import get_task
 
-METRICS = {"vqa": "soft accuracy", "genome_qa": "soft accuracy", "gqa": "accuracy",
-           "retrieval_coco": "4-way accuracy", "retrieval_flickr30k": "4-way accuracy",
-           "refcoco": "accuracy (IoU > 0.5)", "refcoco_plus": "accuracy (IoU > 0.5)",
-           "refcocog": "accuracy (IoU > 0.5)", "visual7w": "pointing accuracy",
-           "guesswhat_pointing": "pointing accuracy", "nlvr2": "accuracy",
-           "snli_ve": "accuracy"}
+# The question-answering formats (`Task.reader`): their chance level is the answer prior of
+# the question's type, and their loaders.
+_QA_LOADERS = {"vqa": ann.load_vqa, "genome": ann.load_genome, "gqa": ann.load_gqa}
 
 
-class _Features:
+class Features:
   """Mean features and boxes of images, read once per LMDB."""
 
   def __init__(self, datasets_dir: str) -> None:
@@ -67,6 +66,10 @@ class _Features:
     for reader in self._readers.values():
       reader.close()
     self._readers.clear()
+
+
+# `(task name, datasets_dir, features) -> baselines` of one task (see the module docstring).
+Baselines = Callable[[str, str, Features], dict[str, Any]]
 
 
 def _majority(labels: Sequence[Hashable]) -> Hashable:
@@ -93,34 +96,37 @@ def question_type(text: str) -> str:
   return " ".join(words[:2]) + (" ... or" if " or " in text.lower() else "")
 
 
-def _labelled(task: str, datasets_dir: str, features: _Features
+def _labelled(task: str, datasets_dir: str, features: Features
               ) -> dict[str, tuple[list[str], list[Any], list[Callable[[Any], float]], list[Any]]]:
   """Per split: texts, image keys, scoring functions and best labels of a classification task."""
   root = os.path.join(datasets_dir, DATAROOTS[task])
+  reader = get_task(task).reader
   out = {}
   for split in (TRAIN_SPLITS[task], VAL_SPLITS[task]):
-    if task in ("vqa", "genome_qa", "gqa"):
-      loader = {"vqa": ann.load_vqa, "genome_qa": ann.load_genome, "gqa": ann.load_gqa}[task]
-      entries = loader(root, split).entries
+    if reader in _QA_LOADERS:
+      entries = _QA_LOADERS[reader](root, split).entries
       texts = [e["question"] for e in entries]
       keys = [[e["image_id"]] for e in entries]
       soft = [dict(zip(e["answer"]["labels"], e["answer"]["scores"])) for e in entries]
-    elif task == "nlvr2":
+    elif reader == "nlvr2":
       entries = ann.load_nlvr2(root, split).entries
       texts = [e["sentence"] for e in entries]
       keys = [[e["image_id_0"], e["image_id_1"]] for e in entries]
       soft = [{e["answer"]["labels"][0]: 1.0} for e in entries]
-    else:
+    elif reader == "snli_ve":
       entries = ann.load_snli_ve(root, split).entries
       texts = [e["hypothesis"] for e in entries]
       keys = [[e["image_id"]] for e in entries]
       soft = [dict(zip(e["answer"]["labels"], e["answer"]["scores"])) for e in entries]
+    else:
+      raise ValueError(f"task {task}: no classification baselines for its reader {reader!r}; "
+                       f"expected one of {sorted(_QA_LOADERS) + ['nlvr2', 'snli_ve']}")
     best = [max(s, key=lambda label, s=s: (s[label], -label)) if s else None for s in soft]
     out[split] = (texts, keys, soft, best)
   return out
 
 
-def classification_baselines(task: str, datasets_dir: str, features: _Features
+def classification_baselines(task: str, datasets_dir: str, features: Features
                              ) -> dict[str, Any]:
   """Baselines of the QA tasks, NLVR2 and SNLI-VE (score = soft target at the guess)."""
   splits = _labelled(task, datasets_dir, features)
@@ -128,7 +134,7 @@ def classification_baselines(task: str, datasets_dir: str, features: _Features
       splits[TRAIN_SPLITS[task]], splits[VAL_SPLITS[task]])
   score = lambda guesses: float(np.mean([s.get(g, 0.0) for s, g in zip(soft, guesses)]))
   majority = _majority(train_best)
-  qa = task in ("vqa", "genome_qa", "gqa")
+  qa = get_task(task).reader in _QA_LOADERS
   types = _grouped_majority([question_type(t) for t in train_texts], train_best) if qa else {}
   prior = [types.get(question_type(t), majority) if qa else majority for t in texts]
   exact = _grouped_majority(train_texts, train_best)
@@ -167,9 +173,9 @@ def _tie_credit(scores: Sequence[float]) -> float:
   return (1.0 / sum(1 for s in scores if s == best)) if scores[0] == best else 0.0
 
 
-def retrieval_baselines(task: str, datasets_dir: str, features: _Features) -> dict[str, Any]:
+def retrieval_baselines(task: str, datasets_dir: str, features: Features) -> dict[str, Any]:
   """4-way val (true, random caption, random image, random caption) blind baselines."""
-  dataset = "coco" if task == "retrieval_coco" else "flickr30k"
+  dataset = get_task(task).reader_dataset
   root = os.path.join(datasets_dir, DATAROOTS[task])
   train = ann.load_retrieval(os.path.join(root, TRAIN_FILE), dataset, "train")
   val = ann.load_retrieval(os.path.join(root, VAL_FILE), dataset, "val")
@@ -193,10 +199,10 @@ def retrieval_baselines(task: str, datasets_dir: str, features: _Features) -> di
           "image_only": float(np.mean(image_credit))}
 
 
-def refer_baselines(task: str, datasets_dir: str, features: _Features) -> dict[str, Any]:
+def refer_baselines(task: str, datasets_dir: str, features: Features) -> dict[str, Any]:
   """Referring expressions: val on the detected regions (incl. the global one)."""
-  dataset = {"refcoco": "refcoco", "refcoco_plus": "refcoco+", "refcocog": "refcocog"}[task]
-  split_by = "umd" if dataset == "refcocog" else "unc"
+  dataset = get_task(task).reader_dataset
+  split_by = SPLIT_BY_OF_DATASET[dataset]
   data_dir = os.path.join(datasets_dir, DATAROOTS[task], dataset)
   path, gt_path = FEATURES[task]
 
@@ -234,11 +240,11 @@ def refer_baselines(task: str, datasets_dir: str, features: _Features) -> dict[s
           "image_only": float(np.mean(image_hits))}
 
 
-def pointing_baselines(task: str, datasets_dir: str, features: _Features) -> dict[str, Any]:
+def pointing_baselines(task: str, datasets_dir: str, features: Features) -> dict[str, Any]:
   """Visual7W and GuessWhat: pick one of the candidates (GT boxes)."""
   root = os.path.join(datasets_dir, DATAROOTS[task])
   gt_path = FEATURES[task][1]
-  if task == "visual7w":
+  if get_task(task).reader == "visual7w":
     load = lambda split: ann.load_visual7w(root, split).entries
     key = lambda e: e["feature_key"]
     candidates = lambda e: [e["gt_box_ids"][k] for k in e["mc_idx"]]
@@ -265,21 +271,18 @@ def pointing_baselines(task: str, datasets_dir: str, features: _Features) -> dic
           "text_only": float(np.mean(text_hits)), "image_only": float(np.mean(image_hits))}
 
 
-def task_baselines(datasets_dir: str) -> dict[str, dict[str, Any]]:
-  """Chance levels and blind baselines of every task on its validation split."""
-  features = _Features(datasets_dir)
+def task_baselines(datasets_dir: str, tasks: Mapping[str, Baselines]
+                   ) -> dict[str, dict[str, Any]]:
+  """Chance levels and blind baselines of each task on its validation split.
+
+  `tasks` maps each task name to its baselines function (`parts.GeneratorPart.baselines`).
+  """
+  features = Features(datasets_dir)
   results: dict[str, dict[str, Any]] = {}
   try:
-    for task in DATAROOTS:
-      if task.startswith("retrieval"):
-        found = retrieval_baselines(task, datasets_dir, features)
-      elif task.startswith("refcoco"):
-        found = refer_baselines(task, datasets_dir, features)
-      elif task in ("visual7w", "guesswhat_pointing"):
-        found = pointing_baselines(task, datasets_dir, features)
-      else:
-        found = classification_baselines(task, datasets_dir, features)
-      results[task] = {"metric": METRICS[task], "val_split": VAL_SPLITS[task],
+    for task, baselines in tasks.items():
+      found = baselines(task, datasets_dir, features)
+      results[task] = {"metric": get_task(task).metric, "val_split": VAL_SPLITS[task],
                        **{name: value if isinstance(value, int) else round(float(value), 4)
                           for name, value in found.items()}}
   finally:

@@ -1,11 +1,9 @@
 """Where the generated release puts every file, and the generator's settings.
 
-The paths mirror the official release (reference sections 3 and 4) and the
-task registry (``twelve_in_one.tasks.registry``: each task's ``dataroot``,
-``features`` and ``gt_features``, relative to the release's ``datasets/``
-folder). The registry is not imported here because it pulls in jax, which
-the data package never does; ``tests/test_generate.py`` checks that the two
-tables agree.
+The paths mirror the official release (reference sections 3 and 4): they are
+the task registry's (``twelve_in_one.tasks.registry``: each task's
+``dataroot``, ``features`` and ``gt_features``, relative to the release's
+``datasets/`` folder), seen through the tables below.
 
 Output layout of ``generate(out_dir)``::
 
@@ -27,65 +25,21 @@ import dataclasses
 import json
 import os
 import pickle
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import numpy as np
 
-# Region-feature LMDBs, relative to datasets/ (registry `features`).
-COCO_FEATURES = "coco/features_100/COCO_trainval_resnext152_faster_rcnn_genome.lmdb"
-FLICKR_FEATURES = "flickr30k/flickr30k_resnext152_faster_rcnn_genome.lmdb"
-GENOME_FEATURES = "visual_genome/vg_resnext152_faster_rcnn_genome.lmdb"
-GQA_FEATURES = "gqa/gqa_resnext152_faster_rcnn_genome.lmdb"
-VISUAL7W_FEATURES = "visual7w/visual7w_resnext152_faster_rcnn_genome.lmdb"
-NLVR2_FEATURES = "nlvr2/nlvr2_resnext152_faster_rcnn_genome.lmdb"
-# RefCOCO family: dataset name -> (detected-region LMDB, GT-box LMDB).
-REFER_FEATURES = {
-    dataset: (f"refcoco/{dataset}_{split_by}/{dataset}_resnext152_faster_rcnn_genome.lmdb",
-              f"refcoco/{dataset}_{split_by}/{dataset}_gt_resnext152_faster_rcnn_genome.lmdb")
-    for dataset, split_by in (("refcoco", "unc"), ("refcoco+", "unc"), ("refcocog", "umd"))
-}
-# GT-box LMDBs (registry `gt_features`).
-VISUAL7W_GT_FEATURES = "visual7w/visual7w_gt_resnext152_faster_rcnn_genome.lmdb"
-GUESSWHAT_GT_FEATURES = "guesswhat/guesswhat_gt_resnext152_faster_rcnn_genome.lmdb"
+from twelve_in_one.tasks.registry import TaskTable
 
-# Annotation folders, relative to datasets/ (registry `dataroot`), by task name.
-DATAROOTS = {
-    "vqa": "VQA",
-    "genome_qa": "visual_genome",
-    "visual7w": "visual7w",
-    "retrieval_coco": "cocoRetreival",
-    "retrieval_flickr30k": "flickr30k",
-    "refcoco": "refcoco",
-    "refcoco_plus": "refcoco",
-    "refcocog": "refcoco",
-    "nlvr2": "nlvr2",
-    "snli_ve": "visual_entailment",
-    "gqa": "gqa",
-    "guesswhat_pointing": "guesswhat",
-}
-# Region features of each task (registry `features` / `gt_features`).
-FEATURES = {
-    "vqa": (COCO_FEATURES, None),
-    "genome_qa": (GENOME_FEATURES, None),
-    "visual7w": (VISUAL7W_FEATURES, VISUAL7W_GT_FEATURES),
-    "retrieval_coco": (COCO_FEATURES, None),
-    "retrieval_flickr30k": (FLICKR_FEATURES, None),
-    "refcoco": REFER_FEATURES["refcoco"],
-    "refcoco_plus": REFER_FEATURES["refcoco+"],
-    "refcocog": REFER_FEATURES["refcocog"],
-    "nlvr2": (NLVR2_FEATURES, None),
-    "snli_ve": (FLICKR_FEATURES, None),
-    "gqa": (GQA_FEATURES, None),
-    "guesswhat_pointing": (COCO_FEATURES, GUESSWHAT_GT_FEATURES),
-}
-# The validation split each task trains against (registry `val_split`).
-VAL_SPLITS = {
-    "vqa": "minval", "genome_qa": "val", "visual7w": "val", "retrieval_coco": "val",
-    "retrieval_flickr30k": "val", "refcoco": "val", "refcoco_plus": "val", "refcocog": "val",
-    "nlvr2": "dev", "snli_ve": "dev", "gqa": "minval", "guesswhat_pointing": "valid",
-}
-TRAIN_SPLITS = {name: ("trainval" if name in ("vqa", "gqa") else "train") for name in DATAROOTS}
+# Where each registered task's files are, relative to datasets/, and the splits the generator
+# writes for it: read from the task registry on every access, so they cover tasks registered
+# after this import.
+DATAROOTS: Mapping[str, str] = TaskTable(lambda task: task.dataroot)
+FEATURES: Mapping[str, tuple[str, str | None]] = TaskTable(
+    lambda task: (task.features, task.gt_features))
+TRAIN_SPLITS: Mapping[str, str] = TaskTable(lambda task: task.train_split)
+VAL_SPLITS: Mapping[str, str] = TaskTable(lambda task: task.val_split)
 
 # The readers carve these validation splits off the end of one file, with
 # fixed sizes (vqa.MINVAL_SIZE, gqa.MINVAL_SIZE, genome.VAL_SIZE), so the

@@ -26,12 +26,7 @@ from typing import Any
 import numpy as np
 
 from twelve_in_one.data.generate import layout, language
-from twelve_in_one.data.generate.layout import (
-    DATAROOTS,
-    GUESSWHAT_GT_FEATURES,
-    VISUAL7W_GT_FEATURES,
-    GeneratorConfig,
-)
+from twelve_in_one.data.generate.layout import DATAROOTS, FEATURES, GeneratorConfig
 from twelve_in_one.data.generate.pools import PoolImage, gt_record, write_lmdb
 from twelve_in_one.data.generate.scenes import SHAPES, Scene, SceneObject, level, side
 
@@ -110,7 +105,7 @@ def write_visual7w(datasets_dir: str, genome: Sequence[PoolImage], config: Gener
   root = os.path.join(datasets_dir, DATAROOTS["visual7w"])
   layout.write_json(os.path.join(root, "dataset_v7w_pointing.json"),
                    {"boxes": boxes, "images": images_json})
-  write_lmdb(os.path.join(datasets_dir, VISUAL7W_GT_FEATURES), gt_records)
+  write_lmdb(os.path.join(datasets_dir, FEATURES["visual7w"][1]), gt_records)
   return {"questions": counts, "images": len(images_json)}
 
 
@@ -192,7 +187,7 @@ def write_guesswhat(datasets_dir: str, coco: Sequence[PoolImage], config: Genera
     layout.write_jsonl(os.path.join(root, f"guesswhat.{split}.jsonl"), records)
   layout.write_pickle(os.path.join(root, "cache", "image_bbox_list.pkl"), image_bbox_list)
   layout.write_pickle(os.path.join(root, "cache", "bboxes_dict.pkl"), bboxes)
-  write_lmdb(os.path.join(datasets_dir, GUESSWHAT_GT_FEATURES),
+  write_lmdb(os.path.join(datasets_dir, FEATURES["guesswhat_pointing"][1]),
              (gt_record(image, image.image_id, range(len(image.scene.objects)))
               for image in coco))
   return {"games": {split: len(records) for split, records in games.items()}}

@@ -29,9 +29,10 @@ from typing import Any
 import numpy as np
 
 from twelve_in_one.data.generate import layout, language
-from twelve_in_one.data.generate.layout import DATAROOTS, REFER_FEATURES, GeneratorConfig
+from twelve_in_one.data.generate.layout import DATAROOTS, FEATURES, GeneratorConfig
 from twelve_in_one.data.generate.pools import PoolImage, gt_record, write_lmdb
 from twelve_in_one.data.generate.scenes import SHAPES
+from twelve_in_one.tasks.registry import get_task
 
 SPLIT_BY = {"refcoco": "unc", "refcoco+": "unc", "refcocog": "umd"}
 REFS_PER_IMAGE = 3
@@ -93,13 +94,15 @@ def _bbox(image: PoolImage, index: int) -> list[float]:
 
 
 def write_refer(datasets_dir: str, coco: Sequence[PoolImage], config: GeneratorConfig,
-                dataset: str) -> dict[str, Any]:
-  """Write one RefCOCO-family dataset (refs, instances, GT LMDB); returns counts.
+                task: str) -> dict[str, Any]:
+  """Write one RefCOCO-family task (refs, instances, GT LMDB); returns counts.
 
-  The detected-region LMDB is written with the pool (see ``release.py``).
+  The task's reader dataset (refcoco, refcoco+ or refcocog) is a folder of its dataroot. The
+  detected-region LMDB is written with the pool (see ``release.py``).
   """
+  dataset = get_task(task).reader_dataset
   images = refer_images(coco, dataset)
-  data_dir = os.path.join(datasets_dir, DATAROOTS["refcoco"], dataset)
+  data_dir = os.path.join(datasets_dir, DATAROOTS[task], dataset)
   refs: list[dict[str, Any]] = []
   annotations: list[dict[str, Any]] = []
   records_images: list[dict[str, Any]] = []
@@ -138,7 +141,7 @@ def write_refer(datasets_dir: str, coco: Sequence[PoolImage], config: GeneratorC
       "categories": [{"id": cid, "name": shape, "supercategory": "shape"}
                      for shape, cid in CATEGORY_ID.items()]})
   # GT-box LMDB: every annotation of each image, in annotation-id order.
-  gt_path = os.path.join(datasets_dir, REFER_FEATURES[dataset][1])
+  gt_path = os.path.join(datasets_dir, FEATURES[task][1])
   write_lmdb(gt_path, (gt_record(image, image.image_id, range(len(image.scene.objects)))
                        for image in images))
   return {"sentences": counts, "refs": len(refs), "images": len(images)}

@@ -1,4 +1,4 @@
-"""Writing the whole release: image pools, feature LMDBs, all twelve datasets, clean ids.
+"""Writing the whole release: image pools, feature LMDBs, every task's dataset, clean ids.
 
 :func:`write_release` does the work in a fixed order (so the bytes are the
 same on every run), one image pool at a time: a pool's detected features
@@ -14,20 +14,12 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from twelve_in_one.data.annotations.clean import CLEAN_SOURCE_OF_DATASET, clean_ids_path
-from twelve_in_one.data.generate import layout, pointing, qa, referring, retrieval, statements
-from twelve_in_one.data.generate.layout import (
-    COCO_FEATURES,
-    DATAROOTS,
-    FLICKR_FEATURES,
-    GENOME_FEATURES,
-    GQA_FEATURES,
-    NLVR2_FEATURES,
-    REFER_FEATURES,
-    VISUAL7W_FEATURES,
-    GeneratorConfig,
-)
+from twelve_in_one.data.annotations.clean import clean_ids_path
+from twelve_in_one.data.generate import layout
+from twelve_in_one.data.generate.layout import GeneratorConfig
+from twelve_in_one.data.generate.parts import GeneratorPart, generated_parts
 from twelve_in_one.data.generate.pools import (
+    POOL_CODE,
     PoolImage,
     build_pool,
     detected_records,
@@ -35,81 +27,70 @@ from twelve_in_one.data.generate.pools import (
     split_images,
     write_lmdb,
 )
+from twelve_in_one.tasks.registry import get_task
 
-# The dataroot (registry task name) of each dataset family of clean.py.
-_CLEAN_DATAROOTS = {
-    "vqa": "vqa", "genome": "genome_qa", "gqa": "gqa", "retrieval_coco": "retrieval_coco",
-    "retrieval_flickr30k": "retrieval_flickr30k", "refcoco": "refcoco",
-    "visual7w": "visual7w", "guesswhat": "guesswhat_pointing", "snli_ve": "snli_ve",
-}
+# Which pool's test images each test-id file lists (`Task.clean_source`).
 _POOL_OF_SOURCE = {"coco": "coco", "genome": "genome", "flickr": "flickr"}
 
 Progress = Callable[[str], None]
 
 
-def _pool_lmdbs(pool: str, datasets_dir: str, images: list[PoolImage]) -> None:
-  """Write every detected-region LMDB that uses the pool's images."""
-  if pool == "coco":
-    write_lmdb(os.path.join(datasets_dir, COCO_FEATURES),
-               detected_records(images, lambda image: image.image_id))
-    for dataset, (path, _) in REFER_FEATURES.items():
-      write_lmdb(os.path.join(datasets_dir, path),
-                 detected_records(referring.refer_images(images, dataset),
-                                  lambda image: image.image_id))
-  elif pool == "genome":
-    write_lmdb(os.path.join(datasets_dir, GENOME_FEATURES),
-               detected_records(images, lambda image: image.image_id))
-    # GQA keys its (Visual Genome) images by id strings; Visual7W as v7w_<id>.
-    write_lmdb(os.path.join(datasets_dir, GQA_FEATURES),
-               detected_records(images, lambda image: str(image.image_id)))
-    write_lmdb(os.path.join(datasets_dir, VISUAL7W_FEATURES),
-               detected_records(images, lambda image: f"v7w_{image.image_id}"))
-  elif pool == "flickr":
-    write_lmdb(os.path.join(datasets_dir, FLICKR_FEATURES),
-               detected_records(images, lambda image: image.image_id))
-  else:
-    write_lmdb(os.path.join(datasets_dir, NLVR2_FEATURES),
-               detected_records(images, lambda image: image.key))
+def _pool_lmdbs(pool: str, datasets_dir: str, images: list[PoolImage],
+                parts: dict[str, GeneratorPart]) -> None:
+  """Write every detected-region LMDB of the tasks that use the pool's images.
+
+  Tasks that share a feature file (VQA, COCO retrieval and GuessWhat) share its keys; it is
+  written once, by the first of them.
+  """
+  written: set[str] = set()
+  for name, part in parts.items():
+    path = get_task(name).features
+    if part.pool != pool or path in written:
+      continue
+    written.add(path)
+    chosen = images if part.feature_images is None else part.feature_images(images)
+    write_lmdb(os.path.join(datasets_dir, path), detected_records(chosen, part.feature_key))
 
 
-def _clean_ids(datasets_dir: str, pools: dict[str, list[PoolImage]]) -> None:
+def _clean_ids(datasets_dir: str, pools: dict[str, list[PoolImage]],
+               parts: dict[str, GeneratorPart]) -> None:
   """``cache/<source>_test_ids.npy`` in every dataroot whose reader filters with it."""
-  for family, (source, _) in sorted(CLEAN_SOURCE_OF_DATASET.items()):
-    cache = os.path.join(datasets_dir, DATAROOTS[_CLEAN_DATAROOTS[family]], "cache")
-    test_ids = [image.image_id for image in split_images(pools[_POOL_OF_SOURCE[source]], "test")]
-    layout.write_ids(str(clean_ids_path(cache, source)), test_ids)
+  done: set[str] = set()
+  for name in parts:
+    task = get_task(name)
+    if task.clean_source is None:
+      continue
+    path = str(clean_ids_path(os.path.join(datasets_dir, task.dataroot, "cache"),
+                              task.clean_source))
+    if path in done:
+      continue
+    done.add(path)
+    pool = pools[_POOL_OF_SOURCE[task.clean_source]]
+    layout.write_ids(path, [image.image_id for image in split_images(pool, "test")])
 
 
 def write_release(out_dir: str, config: GeneratorConfig,
                   progress: Progress | None = None) -> dict[str, Any]:
-  """Write images and ``datasets/`` under ``out_dir``; returns per-dataset counts."""
+  """Write images and ``datasets/`` under ``out_dir``; returns per-dataset counts.
+
+  Every registered task with a generator part (``parts.py``) gets its dataset.
+  """
   say = progress or (lambda message: logging.info("%s", message))
   datasets_dir = os.path.join(out_dir, "datasets")
+  parts = generated_parts()
   pools: dict[str, list[PoolImage]] = {}
-  for pool in ("coco", "genome", "flickr", "nlvr2"):
+  for pool in POOL_CODE:
     start = time.perf_counter()
     pools[pool] = build_pool(pool, config, out_dir)
-    _pool_lmdbs(pool, datasets_dir, pools[pool])
+    _pool_lmdbs(pool, datasets_dir, pools[pool], parts)
     release_features(pools[pool])
     say(f"pool {pool}: {len(pools[pool])} images in {time.perf_counter() - start:.1f}s")
-  coco, genome, flickr = pools["coco"], pools["genome"], pools["flickr"]
   counts: dict[str, Any] = {}
   start = time.perf_counter()
-  counts["vqa"] = qa.write_vqa(datasets_dir, coco, config)
-  counts["genome_qa"] = qa.write_genome(datasets_dir, genome, config)
-  counts["gqa"] = qa.write_gqa(datasets_dir, genome, config)
-  counts["retrieval_coco"] = retrieval.write_retrieval(datasets_dir, coco, config, "coco")
-  counts["retrieval_flickr30k"] = retrieval.write_retrieval(datasets_dir, flickr, config,
-                                                            "flickr30k")
-  for task, dataset in (("refcoco", "refcoco"), ("refcoco_plus", "refcoco+"),
-                        ("refcocog", "refcocog")):
-    counts[task] = referring.write_refer(datasets_dir, coco, config, dataset)
-  counts["visual7w"] = pointing.write_visual7w(datasets_dir, genome, config)
-  counts["guesswhat_pointing"] = pointing.write_guesswhat(datasets_dir, coco, config)
-  counts["nlvr2"] = statements.write_nlvr2(datasets_dir, pools["nlvr2"], config)
-  counts["snli_ve"] = statements.write_snli_ve(datasets_dir, flickr, config)
-  _clean_ids(datasets_dir, pools)
-  say(f"annotations of 12 datasets in {time.perf_counter() - start:.1f}s")
+  for name, part in parts.items():
+    counts[name] = part.write(datasets_dir, pools[part.pool], config)
+  _clean_ids(datasets_dir, pools, parts)
+  say(f"annotations of {len(parts)} datasets in {time.perf_counter() - start:.1f}s")
   counts["images"] = {pool: {split: len(split_images(images, split))
                              for split in ("train", "val", "dev", "test")
                              if split_images(images, split)}

@@ -28,6 +28,7 @@ import numpy as np
 
 from twelve_in_one.data.generate import layout, language
 from twelve_in_one.data.generate.layout import DATAROOTS, GeneratorConfig
+from twelve_in_one.tasks.registry import get_task
 from twelve_in_one.data.generate.pools import PoolImage, split_images
 from twelve_in_one.data.generate.scenes import Scene, SceneObject, above, left_of
 
@@ -122,9 +123,9 @@ def image_captions(image: PoolImage, by_index: dict[int, PoolImage], config: Gen
 
 
 def write_retrieval(datasets_dir: str, images: Sequence[PoolImage], config: GeneratorConfig,
-                    dataset: str) -> dict[str, Any]:
-  """Write the COCO (``dataset="coco"``) or Flickr30k retrieval files; returns counts."""
-  task = "retrieval_coco" if dataset == "coco" else "retrieval_flickr30k"
+                    task: str) -> dict[str, Any]:
+  """Write the files of a retrieval task (its reader's dataset: coco or flickr30k); counts."""
+  dataset = get_task(task).reader_dataset
   root = os.path.join(datasets_dir, DATAROOTS[task])
   by_index = {image.index: image for image in images}
   counts: dict[str, Any] = {}
