@@ -1,7 +1,8 @@
 """The paper's numbers (Lu et al., CVPR 2020, Table 2) beside ours, as Markdown and JSON.
 
-The numbers are copied from the project's research notes (`spec/results.md` §1) and carry its
-provenance tags, because most of them were recalled rather than re-read from the paper:
+Each task's numbers are its registry entry's `paper` field (`registry.PaperResult`), with the
+provenance tags of the project's research notes (`spec/results.md` §1), because most of them
+were recalled rather than re-read from the paper:
 
 * `3p`: confirmed by a secondary source (a Papers-with-Code mirror); shown with ✓.
 * `R`: recalled from the paper, not re-read against its text; shown with *.
@@ -14,48 +15,14 @@ the multi-task model fine-tuned per task. All are percentages.
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any, Mapping
+
+from twelve_in_one.tasks.registry import TWELVE_TASKS, PaperResult, TaskTable
 
 CONFIRMED_TAGS = ("3p", "code")
 
-
-@dataclasses.dataclass(frozen=True)
-class PaperRow:
-  metric: str
-  split: str            # the paper's split
-  our_split: str        # the prepared split that corresponds to it
-  st: tuple[float, str]
-  at: tuple[float, str]
-  at_ft: tuple[float, str]
-  note: str = ""
-
-
-PAPER: dict[str, PaperRow] = {
-    "vqa": PaperRow("VQA accuracy", "test-dev", "test", (71.82, "R"), (72.57, "R"),
-                    (73.15, "3p"), "test-dev is scored by the evaluation server"),
-    "gqa": PaperRow("accuracy", "test-dev", "test", (58.19, "R"), (60.12, "R"), (60.65, "R"),
-                    "test-dev is scored by the evaluation server"),
-    "genome_qa": PaperRow("accuracy", "val", "val", (34.38, "R"), (36.36, "R"), (36.64, "R")),
-    "retrieval_coco": PaperRow("image retrieval R@1", "test (1k images)", "test", (65.28, "R"),
-                               (63.70, "R"), (68.00, "R")),
-    "retrieval_flickr30k": PaperRow("image retrieval R@1", "test (1k images)", "test",
-                                    (61.14, "R"), (63.52, "R"), (67.90, "3p")),
-    "refcoco": PaperRow("accuracy (IoU > 0.5)", "test", "testA", (78.63, "R"), (80.58, "R"),
-                        (81.20, "R"), "the paper's one 'test' number; its exact split is not "
-                        "confirmed"),
-    "refcoco_plus": PaperRow("accuracy (IoU > 0.5)", "test", "testA", (71.11, "R"),
-                             (73.25, "R"), (74.22, "R"), "the paper's one 'test' number; its "
-                             "exact split is not confirmed"),
-    "refcocog": PaperRow("accuracy (IoU > 0.5)", "test", "test", (72.24, "R"), (75.96, "R"),
-                         (76.35, "3p")),
-    "visual7w": PaperRow("pointing accuracy", "test", "test", (80.51, "R"), (82.75, "R"),
-                         (83.35, "R")),
-    "guesswhat_pointing": PaperRow("pointing accuracy", "test", "test", (62.81, "R"),
-                                   (65.04, "R"), (65.69, "R")),
-    "nlvr2": PaperRow("accuracy", "test-P", "test", (74.25, "R"), (78.44, "R"), (78.87, "3p")),
-    "snli_ve": PaperRow("accuracy", "test", "test", (76.72, "R"), (76.78, "R"), (76.95, "3p")),
-}
+# Task name -> the paper's numbers, for every registered task the paper reports.
+PAPER: Mapping[str, PaperResult] = TaskTable(lambda task: task.paper)
 # The 12-task means of the recalled cells (spec/results.md), for the table's last row.
 PAPER_AVERAGE = {"st": 67.25, "at": 69.08, "at_ft": 70.25}
 
@@ -113,8 +80,8 @@ def paper_table(results: Mapping[str, Mapping[str, Mapping[str, Any]]]
                   for name, value in (("ST", row.st), ("AT", row.at), ("AT_FT", row.at_ft))},
         "ours": {s: headline(r) for s, r in splits.items()},
         "ours_on_paper_split": ours_value, "note": row.note}
-  if set(results) >= set(PAPER):
-    values = [data["tasks"][t]["ours_on_paper_split"] for t in PAPER]
+  if set(results) >= set(TWELVE_TASKS):
+    values = [data["tasks"][t]["ours_on_paper_split"] for t in TWELVE_TASKS]
     mean = (f"{sum(values) / len(values):.2f}" if all(v is not None for v in values)
             else "(needs server scores)")
     lines.append(f"| **12-task average** | | | {PAPER_AVERAGE['st']:.2f} * | "

@@ -25,11 +25,7 @@ from twelve_in_one import paths
 from twelve_in_one.tasks.registry import Task
 from twelve_in_one.train.inputs import synthetic_task_data
 
-# The answer vocabularies of the classifier tasks: dataset -> (module, loader).
-_VOCAB_LOADERS = {"vqa": ("vqa", "load_vqa_answer_vocab"),
-                  "genome_qa": ("genome", "load_genome_answer_vocab"),
-                  "gqa": ("gqa", "load_gqa_answer_vocab")}
-# The files those loaders read, under `<task dataroot>/cache/`.
+# The files the answer-vocabulary loaders read, under `<task dataroot>/cache/`.
 VOCAB_FILES = ("trainval_ans2label.pkl", "trainval_label2ans.pkl")
 
 
@@ -45,6 +41,8 @@ class Ranking:
 def answer_vocabulary(task: Task, release_dir: str) -> list[str] | None:
   """label2ans of a question-answering task from a release; None for other tasks or no release.
 
+  The loader is the one of the task's annotation format (`data.examples.READERS`).
+
   The release may be local or on `gs://`; from a bucket, the two vocabulary pickles are copied
   to this machine's cache first (the annotation readers open local files).
 
@@ -52,11 +50,11 @@ def answer_vocabulary(task: Task, release_dir: str) -> list[str] | None:
     FileNotFoundError: the release lacks the task's annotation folder or vocabulary files.
     DataError: its `cache/trainval_label2ans.pkl` is missing or malformed (named).
   """
-  if task.dataset not in _VOCAB_LOADERS or not release_dir:
+  from twelve_in_one.data.examples import READERS
+  reader = READERS.get(task.reader)
+  loader = None if reader is None else reader.answer_vocab
+  if loader is None or not release_dir:
     return None
-  import importlib
-  module, name = _VOCAB_LOADERS[task.dataset]
-  loader = getattr(importlib.import_module(f"twelve_in_one.data.annotations.{module}"), name)
   dataroot = release_root(release_dir) / task.dataroot
   if not dataroot.is_dir():
     raise FileNotFoundError(f"{dataroot}: the answer vocabulary of task {task.name} should be "

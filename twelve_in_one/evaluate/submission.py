@@ -20,14 +20,14 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 from etils import epath
 
 from twelve_in_one import paths
-from twelve_in_one.evaluate.metrics import CLASSIFIERS
 from twelve_in_one.tasks.registry import Task
 
 # Schemas as (field, type) per entry; bool is excluded from int explicitly below.
 VQA_FIELDS = (("question_id", int), ("answer", str))
 GQA_FIELDS = (("questionId", str), ("prediction", str))
-# Task dataset -> server format. VG-QA shares the VQA head but has no evaluation server.
-SERVER_FORMATS = {"vqa": "vqa", "gqa": "gqa"}
+# The server file formats a task can name (`Task.server_format`). VG-QA shares the VQA head
+# but has no evaluation server, so it names none.
+SERVER_FORMATS = ("vqa", "gqa")
 
 
 def _validate(entries: Any, fields: Sequence[tuple[str, type]], name: str, id_field: str
@@ -71,10 +71,9 @@ def validate_gqa(entries: Any, name: str = "GQA results") -> None:
 
 def server_entries(task: Task, records: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
   """The server file entries of a classifier task's per-item records (they need `answer`)."""
-  fmt = SERVER_FORMATS.get(task.dataset)
+  fmt = _server_format(task)
   if fmt is None:
-    raise ValueError(f"task {task.name}: no evaluation-server format (only the datasets "
-                     f"{sorted(SERVER_FORMATS)} have one)")
+    raise ValueError(f"task {task.name}: no evaluation-server format (Task.server_format)")
   entries = []
   for record in records:
     if "answer" not in record:
@@ -86,6 +85,18 @@ def server_entries(task: Task, records: Iterable[Mapping[str, Any]]) -> list[dic
       entries.append({"questionId": str(record["question_id"]),
                       "prediction": record["answer"]})
   return entries
+
+
+def _server_format(task: Task) -> str | None:
+  """The task's server format, checked; None for a task without an evaluation server."""
+  fmt = task.server_format
+  if fmt is not None and fmt not in SERVER_FORMATS:
+    raise ValueError(f"task {task.name}: server_format {fmt!r}; expected one of "
+                     f"{SERVER_FORMATS} or None")
+  if fmt is not None and task.head_spec.target != "classifier":
+    raise ValueError(f"task {task.name}: server_format {fmt!r} needs an answer classifier, "
+                     f"not head type {task.head_type!r}")
+  return fmt
 
 
 def write_file(path: str, write: Callable[[Any], None], mode: str = "w") -> str:
@@ -133,10 +144,10 @@ def write_json(path: str, content: Any) -> str:
 def write_server_file(task: Task, split: str, records: Sequence[Mapping[str, Any]],
                       out_dir: str) -> str | None:
   """Writes `<out_dir>/submissions/<vqa|gqa>_<task>_<split>.json`; None for other tasks."""
-  if task.head_type not in CLASSIFIERS or task.dataset not in SERVER_FORMATS:
+  fmt = _server_format(task)
+  if fmt is None:
     return None
   entries = server_entries(task, records)
-  fmt = SERVER_FORMATS[task.dataset]
   path = os.path.join(out_dir, "submissions", f"{fmt}_{task.name}_{split}.json")
   (validate_vqa if fmt == "vqa" else validate_gqa)(entries, path)
   return write_json(path, entries)

@@ -94,9 +94,8 @@ def answer_head_sizes(data: dict[str, TaskData]) -> dict[str, int]:
   """
   sizes: dict[str, tuple[int, str]] = {}
   for name, task_data in data.items():
-    key = {"VL-classifier": "num_vqa_answers",
-           "VL-classifier-GQA": "num_gqa_answers"}.get(task_data.task.head_type)
-    if key is None or task_data.num_classes is None:
+    key = task_data.task.head_spec.answer_head   # the model-config field of its answer head
+    if not key or task_data.num_classes is None:
       continue
     if key in sizes and sizes[key][0] != task_data.num_classes:
       raise ValueError(f"tasks {sizes[key][1]} and {name} share the answer head but their "
