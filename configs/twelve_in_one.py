@@ -49,17 +49,11 @@ import os
 
 from ml_collections import config_dict
 
-TWELVE = ("vqa", "genome_qa", "visual7w", "retrieval_coco", "retrieval_flickr30k", "refcoco",
-          "refcoco_plus", "refcocog", "nlvr2", "snli_ve", "gqa", "guesswhat_pointing")
-# The official per-task settings (spec §3): batch size, lr, text length, regions.
-OFFICIAL = {
-    "vqa": (128, 4e-5, 23, 101), "genome_qa": (128, 4e-5, 26, 101),
-    "visual7w": (256, 2e-5, 20, 200), "retrieval_coco": (128, 2e-5, 30, 101),
-    "retrieval_flickr30k": (128, 2e-5, 30, 101), "refcoco": (256, 2e-5, 20, 101),
-    "refcoco_plus": (256, 2e-5, 20, 101), "refcocog": (256, 2e-5, 20, 101),
-    "nlvr2": (64, 2e-5, 40, 101), "snli_ve": (256, 2e-5, 56, 101), "gqa": (128, 4e-5, 26, 101),
-    "guesswhat_pointing": (64, 2e-5, 256, 306),
-}
+from twelve_in_one.tasks import registry
+
+# The paper's twelve tasks, in the round-robin's order. Every task's official settings
+# (batch size, lr, text length, regions) are its registry entry's.
+TWELVE = registry.TWELVE_TASKS
 
 
 def _mesh_module():
@@ -75,13 +69,15 @@ def _mesh_preset(name):
 
 
 def _task_settings(names, shrink=None):
+  """`config.task_settings`: each task's registry settings, then `shrink(task)`'s changes."""
   settings = config_dict.ConfigDict()
   for name in names:
-    batch, lr, seq, regions = OFFICIAL[name]
-    entry = dict(batch_size=batch, lr=lr, max_seq_length=seq, max_region_num=regions,
-                 num_detected_regions=101, weight=1.0)
+    task = registry.TASKS[name]
+    entry = dict(batch_size=task.batch_size, lr=task.lr, max_seq_length=task.max_seq_length,
+                 max_region_num=task.max_region_num,
+                 num_detected_regions=task.num_detected_regions, weight=1.0)
     if shrink:
-      entry.update(shrink(name, entry))
+      entry.update(shrink(task))
     settings[name] = entry
   return settings
 
@@ -171,9 +167,9 @@ def get_config(arg=None):
   if variant in ("single", "finetune"):
     if not task:
       raise ValueError(f"config variant {variant!r} needs a task, e.g. {variant}:refcoco")
-    if task not in OFFICIAL:
+    if task not in registry.TASKS:
       raise ValueError(f"config variant {variant}:{task}: unknown task; expected one of "
-                       f"{sorted(OFFICIAL)}")
+                       f"{sorted(registry.TASKS)}")
     config.tasks = task
     config.task_settings = _task_settings([task])
     if variant == "finetune":
@@ -199,23 +195,13 @@ def get_config(arg=None):
     config.log_every = 10
     config.eval_max_batches = 8
 
-    # Text lengths fit the generated texts (the longest plus a margin), not the release's:
-    # attention and the FFNs cost per token, and GuessWhat's 256 would dominate the run.
-    seq = {"vqa": 20, "genome_qa": 20, "visual7w": 18, "retrieval_coco": 22,
-           "retrieval_flickr30k": 22, "refcoco": 14, "refcoco_plus": 14, "refcocog": 20,
-           "nlvr2": 24, "snli_ve": 20, "gqa": 24, "guesswhat_pointing": 64}
-
-    def smoke_task(name, entry):
-      regions = {"visual7w": 17, "guesswhat_pointing": 18}.get(name, 11)
-      settings = dict(batch_size=16, max_region_num=regions, num_detected_regions=11,
-                      max_seq_length=seq[name])
-      if name == "gqa":
-        # GQA's compositional questions get twice the official lr ratio (a loss scale of 4
-        # instead of 2) and twice the batch: with the official settings GQA ended only ~1
-        # point above its prior; with these, it and the other QA tasks end well above.
-        settings.update(batch_size=32, lr=8e-5)
-      return settings
-    config.task_settings = _task_settings(TWELVE, smoke_task)
+    # Shapes fit the generated data, not the release's: text lengths the longest generated
+    # text plus a margin (attention and the FFNs cost per token, and GuessWhat's 256 would
+    # dominate the run), regions the generator's boxes; and any setting a task's generator
+    # part changes for this run (GQA's batch and lr). See data/generate/parts.py.
+    from twelve_in_one.data.generate import parts   # noqa: PLC0415 (only this variant)
+    config.task_settings = _task_settings(
+        TWELVE, lambda task: {"batch_size": 16, **parts.generated_task_settings(task.name)})
   elif variant == "tiny":
     config.model.name = "tiny"
     config.data.source = "synthetic"
@@ -226,10 +212,12 @@ def get_config(arg=None):
     config.schedule.num_epochs = 2
     config.checkpoint.every_iterations = 2
     config.log_every = 1
+    # Pointing tasks keep as many ground-truth rows as detected ones, room for their
+    # candidates (Visual7W's 4; GuessWhat's all but the empty pad row).
     config.task_settings = _task_settings(
-        TWELVE, lambda name, entry: dict(
+        TWELVE, lambda task: dict(
             batch_size=8, max_seq_length=6, num_detected_regions=5,
-            max_region_num=10 if name in ("visual7w", "guesswhat_pointing") else 5))
+            max_region_num=10 if task.head_spec.target == "pointing" else 5))
   elif variant != "twelve_in_one":
     raise ValueError(f"unknown config variant {variant!r}; expected twelve_in_one, "
                      "single:TASK, finetune:TASK, smoke or tiny")
