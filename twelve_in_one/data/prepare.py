@@ -81,6 +81,7 @@ from twelve_in_one.data.tfds_format import (
     write_split,
 )
 from twelve_in_one.data.tokenizer import Tokenizer, file_sha256
+from twelve_in_one.tasks.registry import get_task
 
 
 @dataclasses.dataclass
@@ -228,7 +229,6 @@ def prepare(task: Any, release_dir: str | os.PathLike[str], data_dir: str | os.P
     paths.LocationError: `data_dir`'s bucket is missing, or `release_dir` is on a bucket.
   """
   if isinstance(task, str):
-    from twelve_in_one.tasks.registry import get_task  # noqa: PLC0415 (imports jax)
     task = get_task(task)
   if paths.is_remote(release_dir):
     raise paths.LocationError(

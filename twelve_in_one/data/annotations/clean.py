@@ -18,21 +18,10 @@ import numpy as np
 
 from twelve_in_one.data.errors import DataError
 
+# The test-id files. Which one each task's official reader filters with, and which of its
+# splits it filters (the others are never cleaned), are the task's registry fields
+# `clean_source` and `clean_splits`.
 TEST_ID_SOURCES = ("coco", "genome", "flickr")
-
-# Which test-id file each dataset's official reader filters with, and which
-# of its splits it filters (the others are never cleaned).
-CLEAN_SOURCE_OF_DATASET = {
-    "vqa": ("coco", ("train", "trainval")),
-    "genome": ("genome", ("train", "val")),
-    "gqa": ("genome", ("train", "trainval")),
-    "retrieval_coco": ("coco", ("train",)),
-    "retrieval_flickr30k": ("flickr", ("train",)),
-    "refcoco": ("coco", ("train",)),
-    "visual7w": ("genome", ("train",)),
-    "guesswhat": ("coco", ("train",)),
-    "snli_ve": ("flickr", ("train",)),
-}
 
 
 def clean_ids_path(cache_dir: str | os.PathLike[str], source: str) -> Path:

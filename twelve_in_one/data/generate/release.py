@@ -29,9 +29,6 @@ from twelve_in_one.data.generate.pools import (
 )
 from twelve_in_one.tasks.registry import get_task
 
-# Which pool's test images each test-id file lists (`Task.clean_source`).
-_POOL_OF_SOURCE = {"coco": "coco", "genome": "genome", "flickr": "flickr"}
-
 Progress = Callable[[str], None]
 
 
@@ -65,7 +62,7 @@ def _clean_ids(datasets_dir: str, pools: dict[str, list[PoolImage]],
     if path in done:
       continue
     done.add(path)
-    pool = pools[_POOL_OF_SOURCE[task.clean_source]]
+    pool = pools[task.clean_source]   # each test-id file lists the test images of its pool
     layout.write_ids(path, [image.image_id for image in split_images(pool, "test")])
 
 
