@@ -19,6 +19,11 @@ stay per layer. Import, official init and export all work in the unrolled layout
 (`unrolled_config`) and stack or unstack at the boundary, so a checkpoint maps to the same
 values whichever layout the model uses, and import -> export is bitwise exact in both.
 
+Two architectures share the names: `"tasks"` (`ViLBertForVLTasks`, the 12-in-1 model) and
+`"pretraining"` (`ViLBertForPretraining`, the official `BertForMultiModalPreTraining`: only
+`bert.*` and `cls.*`, as in `pretrained_model.bin`). Every function below takes
+`architecture`; its tree is the one that model builds.
+
 Our own checkpoints (orbax) are written and read by `checkpoint_io.save_params` /
 `load_params`, re-exported here.
 """
@@ -38,8 +43,10 @@ from twelve_in_one.interop.names import (TIED_DECODER, WORD_EMBEDDINGS, is_unuse
                                          normalise_official_name, official_name)
 from twelve_in_one.models import ViLBertConfig, ViLBertForVLTasks, init_params
 from twelve_in_one.models import scan
+from twelve_in_one.models.pretraining import ViLBertForPretraining, init_pretraining_params
 
 Rng = int | np.random.Generator
+ARCHITECTURES = ("tasks", "pretraining")
 
 # Export: the tied decoder is the word-embedding matrix itself (one tensor under two names).
 TIED_ALIASES = {TIED_DECODER: WORD_EMBEDDINGS}
@@ -58,13 +65,19 @@ class ParamSlot:
 
 
 @functools.lru_cache(maxsize=8)
-def abstract_params(config: ViLBertConfig) -> dict:
-  """The parameter tree of `ViLBertForVLTasks(config)` as ShapeDtypeStructs (no allocation).
+def abstract_params(config: ViLBertConfig, architecture: str = "tasks") -> dict:
+  """The parameter tree of `config`'s model as ShapeDtypeStructs (no allocation).
 
+  `architecture`: "tasks" (`ViLBertForVLTasks`) or "pretraining" (`ViLBertForPretraining`).
   Cached per config (a trace of the whole model); treat the result as read-only.
   """
-  model = ViLBertForVLTasks(config)
-  return jax.eval_shape(lambda: init_params(model, jax.random.key(0)))
+  if architecture == "tasks":
+    model = ViLBertForVLTasks(config)
+    return jax.eval_shape(lambda: init_params(model, jax.random.key(0)))
+  if architecture == "pretraining":
+    pretraining = ViLBertForPretraining(config)
+    return jax.eval_shape(lambda: init_pretraining_params(pretraining, jax.random.key(0)))
+  raise ValueError(f"architecture={architecture!r}; expected one of {list(ARCHITECTURES)}")
 
 
 def unrolled_config(config: ViLBertConfig) -> ViLBertConfig:
@@ -82,14 +95,15 @@ def path_keys(path) -> tuple[str, ...]:
   return tuple(str(getattr(k, "key", k)) for k in path)
 
 
-def official_param_table(config: ViLBertConfig) -> "collections.OrderedDict[str, ParamSlot]":
+def official_param_table(config: ViLBertConfig, architecture: str = "tasks"
+                         ) -> "collections.OrderedDict[str, ParamSlot]":
   """Official name -> ParamSlot for every parameter of our model under `config`.
 
   The paths are those of the unrolled layout (`unrolled_config`), one per official name.
   """
   table: collections.OrderedDict[str, ParamSlot] = collections.OrderedDict()
   for path, leaf in jax.tree_util.tree_flatten_with_path(
-      abstract_params(unrolled_config(config)))[0]:
+      abstract_params(unrolled_config(config), architecture))[0]:
     keys = path_keys(path)
     name, transpose = official_name(keys)
     table[name] = ParamSlot(keys, transpose, tuple(leaf.shape))
@@ -112,7 +126,8 @@ def _generator(rng: Rng) -> np.random.Generator:
   return rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
 
 
-def official_init(config: ViLBertConfig, rng: Rng = 0, *, dtype: Any = np.float32) -> dict:
+def official_init(config: ViLBertConfig, rng: Rng = 0, *, dtype: Any = np.float32,
+                  architecture: str = "tasks") -> dict:
   """A fresh parameter tree, initialised as the official code does (numpy, no model trace).
 
   Drawn layer by layer in the unrolled layout, then stacked: the same seed gives the same
@@ -122,7 +137,7 @@ def official_init(config: ViLBertConfig, rng: Rng = 0, *, dtype: Any = np.float3
   params = jax.tree_util.tree_map_with_path(
       lambda path, leaf: _init_leaf(path_keys(path)[-1], tuple(leaf.shape),
                                     config.initializer_range, gen, dtype),
-      abstract_params(unrolled_config(config)))
+      abstract_params(unrolled_config(config), architecture))
   return to_model_layout(params, config)
 
 
@@ -184,8 +199,10 @@ class ConversionReport:
     return dataclasses.asdict(self)
 
 
-def _hint(name: str, config: ViLBertConfig) -> str:
+def _hint(name: str, config: ViLBertConfig, architecture: str = "tasks") -> str:
   """Why a key may be unexpected: usually a config that does not match the checkpoint."""
+  if architecture == "pretraining" and not name.startswith(("bert.", "cls.")):
+    return " (a task-model parameter: the pretraining model has only bert.* and cls.*)"
   if name == "bert.embeddings.task_embeddings.weight" and not config.task_specific_tokens:
     return " (the checkpoint has task tokens: set task_specific_tokens true)"
   if ".dyLinear_" in name and not config.dynamic_attention:
@@ -219,8 +236,8 @@ def _normalise(state_dict: Mapping[str, Any], source: str):
 
 def import_official(state_dict: Mapping[str, Any], config: ViLBertConfig, *,
                     allow_unexpected: bool = False, rng: Rng = 0,
-                    dtype: Any = np.float32,
-                    source: str = "state dict") -> tuple[dict, ConversionReport]:
+                    dtype: Any = np.float32, source: str = "state dict",
+                    architecture: str = "tasks") -> tuple[dict, ConversionReport]:
   """Maps an official state dict onto our parameter tree.
 
   Args:
@@ -231,6 +248,8 @@ def import_official(state_dict: Mapping[str, Any], config: ViLBertConfig, *,
     rng: seed (or numpy Generator) for the parameters missing from the file.
     dtype: dtype of the returned arrays (float64 for float64 parity checks).
     source: how to name the state dict in messages (e.g. its file name).
+    architecture: "tasks" or "pretraining" (see the module docstring); with "pretraining",
+      the task heads and task tokens of a task checkpoint are unexpected keys.
 
   Returns:
     (params, report): a nested dict of numpy arrays shaped like `init_params` (stacked layers
@@ -241,7 +260,7 @@ def import_official(state_dict: Mapping[str, Any], config: ViLBertConfig, *,
       one parameter, or a tied decoder that differs from the word embeddings.
   """
   normalised, renamed = _normalise(state_dict, source)
-  table = official_param_table(config)
+  table = official_param_table(config, architecture)
   report = ConversionReport(source=source, renamed=renamed)
   values: dict[tuple[str, ...], np.ndarray] = {}
   unexpected, mismatched = [], []
@@ -286,7 +305,7 @@ def import_official(state_dict: Mapping[str, Any], config: ViLBertConfig, *,
     if not allow_unexpected:
       raise ValueError(
           f"{source}: {len(unexpected)} unexpected key(s), not parameters of this model:\n  "
-          + "\n  ".join(name + _hint(name, config) for name in unexpected)
+          + "\n  ".join(name + _hint(name, config, architecture) for name in unexpected)
           + "\n(pass allow_unexpected / --ignore_unexpected to drop them)")
     report.unexpected = unexpected
 
@@ -304,14 +323,17 @@ def import_official(state_dict: Mapping[str, Any], config: ViLBertConfig, *,
                           f"{source} a ViLBERT checkpoint for this config?")
 
   params = jax.tree_util.tree_map_with_path(lambda path, _: values[path_keys(path)],
-                                            abstract_params(unrolled_config(config)))
+                                            abstract_params(unrolled_config(config),
+                                                            architecture))
   return to_model_layout(params, config), report
 
 
-def _unused_official_params(exported: Mapping[str, np.ndarray], initializer_range: float
+def _unused_official_params(exported: Mapping[str, np.ndarray], initializer_range: float,
+                            architecture: str = "tasks"
                             ) -> "collections.OrderedDict[str, np.ndarray]":
-  """`q_dense1/2` of every co-attention block and `linguisic_logit`, initialised as the official
-  code does. They never enter forward, but a strict `load_state_dict` expects them."""
+  """`q_dense1/2` of every co-attention block and (task model only) `linguisic_logit`,
+  initialised as the official code does. They never enter forward, but a strict
+  `load_state_dict` expects them."""
   rng = np.random.default_rng(0)
   out: collections.OrderedDict[str, np.ndarray] = collections.OrderedDict()
 
@@ -324,7 +346,7 @@ def _unused_official_params(exported: Mapping[str, np.ndarray], initializer_rang
                          (".biOutput.dense2.weight", ".biOutput.q_dense2")):
       if name.endswith(used):
         linear(name[:-len(used)] + unused, array.shape, array.dtype)
-  if WORD_EMBEDDINGS in exported:
+  if WORD_EMBEDDINGS in exported and architecture == "tasks":
     word = exported[WORD_EMBEDDINGS]
     linear("linguisic_logit", (1, word.shape[1]), word.dtype)
   return out
@@ -336,13 +358,14 @@ def _has_stacks(params: Mapping[str, Any]) -> bool:
   return any(name.startswith(scan.STACK_PREFIXES) for name in encoder)
 
 
-def check_params(params: Mapping[str, Any], config: ViLBertConfig) -> None:
+def check_params(params: Mapping[str, Any], config: ViLBertConfig,
+                 architecture: str = "tasks") -> None:
   """Raises ValueError listing every path that is missing, extra or mis-shaped for `config`.
 
   The layout is `config`'s: stacked layers when `config.scan_layers`.
   """
-  expected = {path_keys(path): tuple(leaf.shape)
-              for path, leaf in jax.tree_util.tree_flatten_with_path(abstract_params(config))[0]}
+  expected = {path_keys(path): tuple(leaf.shape) for path, leaf in
+              jax.tree_util.tree_flatten_with_path(abstract_params(config, architecture))[0]}
   given = {path_keys(path): tuple(np.shape(leaf))
            for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]}
   problems = [f"{'/'.join(p)}: missing from params" for p in expected if p not in given]
@@ -355,7 +378,8 @@ def check_params(params: Mapping[str, Any], config: ViLBertConfig) -> None:
 
 
 def export_official(params: Mapping[str, Any], config: ViLBertConfig | None = None, *,
-                    include_unused: bool = True) -> "collections.OrderedDict[str, np.ndarray]":
+                    include_unused: bool = True, architecture: str = "tasks"
+                    ) -> "collections.OrderedDict[str, np.ndarray]":
   """Our parameters -> an official state dict (official names, PyTorch [out, in] weights).
 
   Args:
@@ -365,13 +389,15 @@ def export_official(params: Mapping[str, Any], config: ViLBertConfig | None = No
     include_unused: also emit `q_dense1/2` and `linguisic_logit` (official init, seeded), so a
       strict `model.load_state_dict` of the official model accepts the result. Importing
       drops them again, so ours -> official -> ours is lossless either way.
+    architecture: "tasks" or "pretraining": the model `params` belong to (the pretraining
+      model has no `linguisic_logit` to emit).
 
   Returns:
     OrderedDict name -> numpy array, including `cls.predictions.decoder.weight` (the same array
     object as the word embeddings; see `TIED_ALIASES`).
   """
   if config is not None:
-    check_params(params, config)
+    check_params(params, config, architecture)
     if config.scan_layers:
       params = scan.to_unrolled(params, config)
   elif _has_stacks(params):
@@ -389,6 +415,6 @@ def export_official(params: Mapping[str, Any], config: ViLBertConfig | None = No
     out[TIED_DECODER] = out[WORD_EMBEDDINGS]
   if include_unused:
     out.update(_unused_official_params(
-        out, config.initializer_range if config is not None else 0.02))
+        out, config.initializer_range if config is not None else 0.02, architecture))
   return out
 
