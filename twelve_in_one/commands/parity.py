@@ -3,12 +3,15 @@
     twelve-in-one parity --fixture=../shared/fixtures/vilbert_tiny
     twelve-in-one parity --fixture=../shared/fixtures/vilbert_tiny --float64 --tolerance=1e-9
     twelve-in-one parity --fixture=../shared/fixtures/vilbert_tiny --scan_layers
+    twelve-in-one parity --fixture=../shared/fixtures/vilbert_pretrain_tiny
 
 Loads the fixture's config and state dict through the converter, runs every run listed in its
 `manifest.json` in eval mode, and prints the max abs / relative difference of every output and
 intermediate it can map (see `twelve_in_one/interop/parity.py` for the metric and the decisions
 on `vil_binary_prediction` at odd batch sizes and the unused `linguisic_logit`). Exits 1 when any
-array exceeds the tolerance, 2 when the fixture cannot be read.
+array exceeds the tolerance, 2 when the fixture cannot be read. A pretraining fixture (with a
+`pretrain_inputs.npz`) runs the pretraining model instead and compares its prediction scores
+and its three losses.
 """
 
 from __future__ import annotations
@@ -18,7 +21,8 @@ import sys
 from absl import app, flags, logging
 
 _FIXTURE = flags.DEFINE_string("fixture", None, "fixture directory, local or gs:// (config, "
-                               "state dict, inputs.npz, outputs.npz, manifest.json)")
+                               "state dict, inputs.npz, outputs.npz, manifest.json; or the "
+                               "pretrain_*.npz of a pretraining fixture)")
 _TOLERANCE = flags.DEFINE_float("tolerance", 1e-5, "largest allowed max|ours - ref| / "
                                 "max(1, max|ref|) per array")
 _FLOAT64 = flags.DEFINE_bool("float64", False, "run in float64 (jax_enable_x64) against "

@@ -14,6 +14,17 @@ A fixture folder (e.g. `shared/fixtures/vilbert_tiny/`) holds:
 eval mode and compares every reference array it can map to one of our outputs. Nothing here
 knows the shared fixture's sizes or run names.
 
+A pretraining fixture (e.g. `shared/fixtures/vilbert_pretrain_tiny/`, recognised by its
+`pretrain_inputs.npz`) holds the official `BertForMultiModalPreTraining` on one masked batch:
+the config and state dict as above (`bert.*`, `cls.*`), `pretrain_inputs.npz` (the batch keys
+of `pretrain/losses.py`), and `pretrain_outputs.npz` / `pretrain_outputs_fp64.npz` with
+`prediction_scores_t`, `prediction_scores_v`, `seq_relationship_score` and, per visual target
+k, `vt<k>.masked_lm_loss`, `vt<k>.masked_img_loss`, `vt<k>.next_sentence_loss` and gradients
+`vt<k>.grad.<name>`. `run_parity` runs our `ViLBertForPretraining` on it and compares the three
+score arrays and the three losses (the official forward's, i.e. objective 0 on the stored
+labels). Gradients are not compared here (one summary line says so); only visual target 0,
+the 12-in-1 setting, is implemented.
+
 Decisions, printed with the results:
 * Error metric per array: max|ours - ref| / max(1, max|ref|), i.e. absolute for arrays of
   size <= 1 and relative to the array's scale beyond; the absolute difference is reported too.
@@ -42,6 +53,8 @@ from twelve_in_one import paths
 from twelve_in_one.interop.checkpoint_io import read_official_config, read_state_dict
 from twelve_in_one.interop.official import ConversionReport, import_official
 from twelve_in_one.models import ALL_OUTPUTS, BACKBONE_OUTPUTS, ViLBertConfig, ViLBertForVLTasks
+from twelve_in_one.models.pretraining import PRETRAINING_SCORES, ViLBertForPretraining
+from twelve_in_one.pretrain import losses as pretrain_losses
 
 # Fixture input name -> our keyword argument. `co_attention_mask` is not passed: it has no
 # effect in the official forward (spec §1.6).
@@ -50,6 +63,8 @@ INPUTS = {"input_ids": "input_ids", "token_type_ids": "segment_ids",
           "image_loc": "image_loc", "image_mask": "image_mask"}
 UNUSED_HEADS = {"linguisic_logit": "not mapped: unused head left out (no task reads it; like "
                                    "q_dense1/q_dense2 it is not part of our model)"}
+PRETRAINING_INPUTS = "pretrain_inputs.npz"
+PRETRAINING_LOSSES = ("masked_lm_loss", "masked_img_loss", "next_sentence_loss")
 ODD_BATCH_NOTE = ("odd batch: the official forward returns cls.bi_seq_relationship(pooled) "
                   "under this name; compared with our bi_seq_relationship (our "
                   "vil_binary_prediction refuses odd batches)")
@@ -169,12 +184,82 @@ def _compare(key: str, ours_name: str, ours: np.ndarray, ref: np.ndarray, tolera
                    error <= tolerance, note)
 
 
+def is_pretraining_fixture(fixture_dir: str | os.PathLike) -> bool:
+  """Whether `fixture_dir` is laid out as a pretraining fixture (its `pretrain_inputs.npz`)."""
+  return (paths.as_path(os.fspath(fixture_dir)) / PRETRAINING_INPUTS).is_file()
+
+
+def _load_model(fixture_dir: str, float64: bool, scan_layers: bool, architecture: str
+                ) -> tuple[ViLBertConfig, dict, ConversionReport]:
+  """The fixture's config, and its state dict through the converter."""
+  config_path = _find_one(fixture_dir, ("*config*.json",), "official config")
+  config = read_official_config(config_path, dtype="float64" if float64 else "float32",
+                                scan_layers=scan_layers)
+  state_path = _find_one(fixture_dir, ("*state_dict*.npz", "*state_dict*.safetensors",
+                                       "*state_dict*.bin", "*state_dict*.pt"), "state dict")
+  params, conversion = import_official(read_state_dict(state_path), config,
+                                       dtype=np.float64 if float64 else np.float32,
+                                       source=state_path, architecture=architecture)
+  return config, params, conversion
+
+
+@functools.partial(jax.jit, static_argnames=("config",))
+def _pretraining_forward(params, batch, *, config: ViLBertConfig):
+  """The scores, and the losses of the official forward (objective 0: the labels as stored)."""
+  scores = ViLBertForPretraining(config).apply(
+      {"params": params}, **{ours: batch[key] for key, ours in
+                             pretrain_losses.MODEL_INPUTS.items()}, deterministic=True)
+  return scores, pretrain_losses.pretraining_losses(scores, batch, objective=0)
+
+
+def _run_pretraining_parity(fixture_dir: str, tolerance: float, float64: bool,
+                            scan_layers: bool) -> ParityReport:
+  """`run_parity` on a pretraining fixture (see the module docstring)."""
+  dtype = np.float64 if float64 else np.float32
+  config, params, conversion = _load_model(fixture_dir, float64, scan_layers, "pretraining")
+  inputs = _load_npz(os.path.join(fixture_dir, PRETRAINING_INPUTS))
+  references = _load_npz(os.path.join(fixture_dir, "pretrain_outputs_fp64.npz" if float64
+                                      else "pretrain_outputs.npz"))
+  missing = [key for key in (*pretrain_losses.MODEL_INPUTS, *pretrain_losses.LABELS)
+             if key not in inputs]
+  if missing:
+    raise ValueError(f"{fixture_dir}/{PRETRAINING_INPUTS}: missing {missing}")
+  batch = {key: (array.astype(dtype) if np.issubdtype(array.dtype, np.floating)
+                 else array.astype(np.int32)) for key, array in inputs.items()}
+  pretrain_losses.check_batch(batch, config.v_target_size)
+  scores, losses = jax.tree.map(np.asarray, _pretraining_forward(params, batch, config=config))
+
+  diffs: list[ArrayDiff] = []
+  not_mapped: list[tuple[str, str]] = []
+  gradients: dict[str, int] = {}     # visual-target prefix -> number of gradient arrays
+  for key, ref in references.items():
+    prefix, _, name = key.partition(".")
+    if key in PRETRAINING_SCORES:
+      diffs.append(_compare(key, key, scores[key], ref, tolerance))
+    elif prefix == "vt0" and name in PRETRAINING_LOSSES:
+      diffs.append(_compare(key, name, losses[name].reshape(ref.shape), ref, tolerance,
+                            "official forward on the stored labels (objective 0)"))
+    elif prefix.startswith("vt") and name.startswith("grad."):
+      gradients[prefix] = gradients.get(prefix, 0) + 1
+    elif prefix.startswith("vt") and prefix != "vt0":
+      not_mapped.append((key, f"not mapped: visual_target {prefix[2:]} is not implemented "
+                              "(only 0, KL to the detector's class distribution)"))
+    else:
+      not_mapped.append((key, "not mapped: no pretraining score or loss of that name"))
+  for prefix, count in gradients.items():
+    not_mapped.append((f"{prefix}.grad.*", f"not compared: {count} gradients (this command "
+                       "checks the scores and the losses)"))
+  label = np.dtype(dtype).name + (", layers scanned" if scan_layers else "")
+  return ParityReport(fixture=fixture_dir, dtype=label, tolerance=tolerance, diffs=diffs,
+                      not_mapped=not_mapped, conversion=conversion)
+
+
 def run_parity(fixture_dir: str | os.PathLike, *, tolerance: float = 1e-5,
                float64: bool = False, scan_layers: bool = False) -> ParityReport:
   """Loads a fixture through the converter, runs every run of its manifest and compares.
 
   Args:
-    fixture_dir: a folder laid out as described in the module docstring.
+    fixture_dir: a folder laid out as described in the module docstring (either layout).
     tolerance: largest allowed error per array (see the module docstring for the metric).
     float64: run in float64 against `outputs_fp64.npz`; needs `jax_enable_x64` already on
       (it changes every later computation of the process, so the caller decides).
@@ -189,14 +274,10 @@ def run_parity(fixture_dir: str | os.PathLike, *, tolerance: float = 1e-5,
   if float64 and not jax.config.jax_enable_x64:
     raise RuntimeError("float64 parity needs jax.config.update('jax_enable_x64', True) before "
                        "any computation (the `parity --float64` command does this)")
+  if is_pretraining_fixture(fixture_dir):
+    return _run_pretraining_parity(fixture_dir, tolerance, float64, scan_layers)
   dtype = np.float64 if float64 else np.float32
-  config_path = _find_one(fixture_dir, ("*config*.json",), "official config")
-  config = read_official_config(config_path, dtype="float64" if float64 else "float32",
-                                scan_layers=scan_layers)
-  state_path = _find_one(fixture_dir, ("*state_dict*.npz", "*state_dict*.safetensors",
-                                       "*state_dict*.bin", "*state_dict*.pt"), "state dict")
-  params, conversion = import_official(read_state_dict(state_path), config, dtype=dtype,
-                                       source=state_path)
+  config, params, conversion = _load_model(fixture_dir, float64, scan_layers, "tasks")
   manifest = paths.as_path(fixture_dir) / "manifest.json"
   if not manifest.is_file():
     raise FileNotFoundError(f"{manifest}: missing from the fixture")

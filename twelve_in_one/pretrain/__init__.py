@@ -1,0 +1,1 @@
+"""Pretraining (the official `train_concap.py` objective): losses on masked batches."""
