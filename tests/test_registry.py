@@ -105,6 +105,8 @@ def test_a_clashing_task_is_refused(changes, message):
     (dict(process="pairs"), "process 'pairs'; expected one of"),
     (dict(clean_source="coco"), "clean_source and clean_splits go together"),
     (dict(name="a+b"), "without '\\+' or ','"),
+    (dict(class_names=("yes", "no")), "2 class_names for head type 'VL-tri-classifier', which "
+                                      "has 3 classes"),
 ])
 def test_a_malformed_task_is_refused_naming_the_field(changes, message):
   with pytest.raises(ValueError, match=message):

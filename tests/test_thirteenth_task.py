@@ -39,7 +39,8 @@ RELEASE = dict(seed=0, num_images=8, num_val_images=4, num_test_images=4, num_re
 TASK = registry.Task(
     NAME, 19, "ObjectCount", "VL-tri-classifier", NAME, 12, 101, 8, 2e-5, 1, "train", "val",
     ("val", "test"), "object_count/object_count_resnext152_faster_rcnn_genome.lmdb",
-    reader="object_count_jsonl", dataroot="object_count")
+    reader="object_count_jsonl", dataroot="object_count",
+    class_names=("one or two", "three or four", "five or six"))
 
 
 def count_class(num_objects: int) -> int:
@@ -191,6 +192,7 @@ def test_generate_prepare_train_and_evaluate(declared, tmp_path):
   assert set(scores) == {"val", "test"}
   assert scores["val"]["examples"] == scores["test"]["examples"] == 4
   predictions = json.loads((workdir / "eval" / "predictions" / f"{NAME}_val.json").read_text())
+  assert {p["prediction"] for p in predictions} <= set(TASK.class_names)
   assert sorted(p["id"] for p in predictions) == sorted(
       json.loads(line)["id"]
       for line in (release / "datasets" / "object_count" / "val.jsonl").read_text().splitlines())

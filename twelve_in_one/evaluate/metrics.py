@@ -32,11 +32,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from twelve_in_one.tasks import losses
-from twelve_in_one.tasks.registry import Task
+from twelve_in_one.tasks.registry import TASKS, TWELVE_TASKS, Task
 from twelve_in_one.train.objective import task_outputs
 
-LABEL_NAMES = {"VL-binary-classifier": ("False", "True"),
-               "VL-tri-classifier": ("contradiction", "neutral", "entailment")}
+# The class names of the one-hot head types, as the paper's tasks that use them name them
+# (each task's own are `Task.class_names`).
+LABEL_NAMES = {TASKS[name].head_type: TASKS[name].class_names for name in TWELVE_TASKS
+               if TASKS[name].class_names}
 CLASSIFIERS = ("VL-classifier", "VL-classifier-GQA")
 _LOW_BITS = 31
 
@@ -62,7 +64,7 @@ def decode(task: Task, outputs: dict[str, jax.Array], batch: dict[str, jax.Array
     target = batch["target"]
     return {"label": jnp.argmax(logits, axis=-1).astype(jnp.int32),
             "labelled": (target.sum(axis=-1) > 0).astype(jnp.int32)}
-  if kind in LABEL_NAMES:
+  if task.head_spec.target == "onehot":
     logits = outputs[task.output].astype(jnp.float32)
     target = batch["target"]
     return {"label": jnp.argmax(logits, axis=-1).astype(jnp.int32),
@@ -153,9 +155,10 @@ def item_records(task: Task, result: dict[str, np.ndarray],
         record["answer"] = label2ans[label]
       if labelled:
         record["score"] = score
-    elif kind in LABEL_NAMES:
+    elif task.head_spec.target == "onehot":
       label = int(result["label"][row])
-      record = {"id": example_id, "label": label, "prediction": LABEL_NAMES[kind][label],
+      name = task.class_names[label] if task.class_names else str(label)
+      record = {"id": example_id, "label": label, "prediction": name,
                 "probabilities": [round(float(p), 6) for p in result["probabilities"][row]]}
       if labelled:
         record["correct"] = bool(score > 0)

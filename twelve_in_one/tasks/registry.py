@@ -115,6 +115,7 @@ class Task:
   clean_source: str | None = None
   clean_splits: tuple[str, ...] = ()
   server_format: str | None = None   # evaluation-server file format of its test split
+  class_names: tuple[str, ...] = ()  # one-hot heads: what each class means, in class order
   paper: PaperResult | None = None   # the paper's numbers, when it reports the task
 
   def __post_init__(self) -> None:
@@ -133,6 +134,9 @@ class Task:
     if self.paper is not None and self.paper.our_split not in self.eval_splits:
       raise ValueError(f"{where}: paper.our_split {self.paper.our_split!r} is not one of its "
                        f"eval_splits {self.eval_splits}")
+    if self.class_names and len(self.class_names) != self.head_spec.num_classes:
+      raise ValueError(f"{where}: {len(self.class_names)} class_names for head type "
+                       f"{self.head_type!r}, which has {self.head_spec.num_classes} classes")
     if bool(self.clean_source) != bool(self.clean_splits):
       raise ValueError(f"{where}: clean_source and clean_splits go together")
 
@@ -232,11 +236,13 @@ _BUILT_IN: tuple[Task, ...] = (
     Task("nlvr2", 12, "NLVR2", "VL-binary-classifier", "nlvr2", 40, 101, 64, 2e-5, 20, "train",
          "dev", ("dev", "test"), "nlvr2/nlvr2_resnext152_faster_rcnn_genome.lmdb",
          process="nlvr", images_per_example=2, reader="nlvr2", dataroot="nlvr2",
+         class_names=("False", "True"),
          paper=PaperResult("accuracy", "test-P", "test", (74.25, "R"), (78.44, "R"),
                            (78.87, "3p"))),
     Task("snli_ve", 13, "VisualEntailment", "VL-tri-classifier", "snli_ve", 56, 101, 256, 2e-5,
          20, "train", "dev", ("dev", "test"), _FLICKR, reader="snli_ve",
          dataroot="visual_entailment", clean_source="flickr", clean_splits=("train",),
+         class_names=("contradiction", "neutral", "entailment"),
          paper=PaperResult("accuracy", "test", "test", (76.72, "R"), (76.78, "R"),
                            (76.95, "3p"))),
     Task("gqa", 15, "GQA", "VL-classifier-GQA", "gqa", 26, 101, 128, 4e-5, 20, "trainval",
@@ -278,14 +284,14 @@ def register_task(task: Task) -> Task:
   """
   if not isinstance(task, Task):
     raise TypeError(f"register_task expects a Task, got {type(task).__name__}")
-  for alias in _aliases(task):
-    if alias in _ALIASES:
-      raise ValueError(f"task {task.name!r}: {alias!r} already names task "
-                       f"{_ALIASES[alias]!r}")
   for other in TASKS.values():
     if other.task_id == task.task_id:
       raise ValueError(f"task {task.name!r}: task id {task.task_id} is already task "
                        f"{other.name!r}'s")
+  for alias in _aliases(task):
+    if alias in _ALIASES:
+      raise ValueError(f"task {task.name!r}: {alias!r} already names task "
+                       f"{_ALIASES[alias]!r}")
   TASKS[task.name] = task
   for alias in _aliases(task):
     _ALIASES[alias] = task.name
