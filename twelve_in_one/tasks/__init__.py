@@ -15,6 +15,10 @@ from twelve_in_one.tasks.registry import (HEAD_SPECS, TASKS, TWELVE_TASKS, HeadS
 _LAZY = {"HEAD_TYPES": "heads", "HeadType": "heads", "get_head_type": "heads",
          "model_inputs": "process"}
 
+__all__ = ["HEAD_SPECS", "TASKS", "TWELVE_TASKS", "HeadSpec", "Task", "get_task", "get_tasks",
+           "loss_scale", "register_task", "registered_task", "task_by_id", "unregister_task",
+           *_LAZY]
+
 
 def __getattr__(name: str):
   if name in _LAZY:
