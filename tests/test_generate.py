@@ -33,6 +33,7 @@ from twelve_in_one.data.generate import GeneratorConfig, generate, layout, pools
 from twelve_in_one.data.generate import qa as qa_module
 from twelve_in_one.data.generate.extractor import extract
 from twelve_in_one.data.generate.regions import box_iou
+from twelve_in_one.tasks.registry import get_task
 from twelve_in_one.data.generate.scenes import COLOURS, RELATIONS, SHAPES, SIZES, Scene, level, side
 
 TINY = dict(num_images=16, num_val_images=8, num_test_images=4, num_regions=8)
@@ -177,14 +178,19 @@ def _feature_keys(task: str, entry: dict) -> list:
 def test_every_split_loads_and_its_images_have_features(tiny, task):
   datasets = tiny / "datasets"
   features_path, gt_path = layout.FEATURES[task]
-  detected = FeatureLMDB(datasets / features_path)
+  default = FeatureLMDB(datasets / features_path)
   gt = FeatureLMDB(datasets / gt_path) if gt_path else None
   for split in [layout.TRAIN_SPLITS[task], layout.VAL_SPLITS[task], *EXTRA_SPLITS.get(task, [])]:
     entries = _load(datasets, task, split)
     assert len(entries) > 0, (task, split)
+    # A split with a feature file of its own (VQA test2015) is only there, as in the release.
+    split_path = get_task(task).features_for(split)
+    detected = FeatureLMDB(datasets / split_path) if split_path != features_path else default
     for entry in entries:
       for key in _feature_keys(task, entry):
         assert key in detected, (task, split, key)
+        if split_path != features_path:
+          assert key not in default, (task, split, key)
         image = detected[key]
         # Every image has exactly num_regions boxes (+ the reader's global region).
         assert image.features.shape == (TINY["num_regions"] + 1, 2048)

@@ -99,14 +99,17 @@ def write_release(root: Path, seed: int = 0) -> Path:
                 391895: (640, 480, 5), 60623: (500, 400, 2)}
   _lmdb(data / get_task("vqa").features, [_record(rng, i, w, h, num_boxes=n)
                                            for i, (w, h, n) in coco_sizes.items()])
+  # COCO test2015 images (VQA test) are in a feature file of their own, as in the release.
+  _lmdb(data / get_task("vqa").features_for("test"),
+        [_record(rng, i, 640, 480, num_boxes=4) for i in (1, 2)])
   _lmdb(data / get_task("snli_ve").features,
         [_record(rng, i, 500, 333, num_boxes=3 + i % 4) for i in (1000, 1001, 1002, 1003)])
 
-  # VQA: 4 train questions (image 42 is a COCO test image), 6 val, 2 test.
+  # VQA: 4 train questions (image 42 is a COCO test image), 6 val, 2 test (test2015 images).
   vqa = data / "VQA"
   questions = {"train": [(10, 9), (20, 25), (30, 30), (40, 42)],
                "val": [(100 + k, (9, 25, 30)[k % 3]) for k in range(6)],
-               "test": [(7, 42), (3, 9)]}
+               "test": [(7, 2), (3, 1)]}
   for part, pairs in questions.items():
     year = "2015" if part == "test" else "2014"
     _dump(vqa / f"v2_OpenEnded_mscoco_{part}{year}_questions.json", {"questions": [

@@ -3,6 +3,8 @@
     twelve-in-one prepare --task=vqa --release_dir=/data/12-in-1 --data_dir=/data/prepared
     twelve-in-one prepare --task=refcoco --release_dir=... --data_dir=... --splits=train,val
     twelve-in-one prepare --task=vqa --release_dir=/data/12-in-1 --data_dir=gs://BUCKET/tfds
+    twelve-in-one prepare --task=vqa --release_dir=... --data_dir=... --splits=test \
+        --features=test=/disk/COCO_test_resnext152_faster_rcnn_genome.lmdb
 
 Writes `<data_dir>/<task>/` (see `twelve_in_one/data/tfds_format.py`): array_record TFDS
 datasets of example and image records, float16 region features and precomputed token ids,
@@ -15,14 +17,16 @@ release itself must be on a local disk (or a gcsfuse mount).
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 
-from absl import flags
+from absl import app, flags
 
 from twelve_in_one.data.errors import DataError
 from twelve_in_one.data.features import DEFAULT_BOX_CLIP, DEFAULT_BOX_TOLERANCE
 from twelve_in_one.data.prepare import prepare
 from twelve_in_one.paths import LocationError
+from twelve_in_one.tasks.registry import Task, get_task
 
 _TASK = flags.DEFINE_string("task", None, "task name, official name or TASKn key",
                             required=True)
@@ -43,17 +47,36 @@ _STRICT_BOXES = flags.DEFINE_bool("strict_boxes", False, "refuse boxes more than
                                   f"{DEFAULT_BOX_TOLERANCE:g} px past their image's edge (by "
                                   f"default boxes up to {DEFAULT_BOX_CLIP:g} px past it are "
                                   "clipped to the image and counted in the summary)")
+_FEATURES = flags.DEFINE_list("features", None, "SPLIT=LMDB pairs: the detected-region "
+                              "features of a split, relative to the release's datasets/ or "
+                              "absolute (default: the task's own, e.g. VQA test reads "
+                              "coco/features_100/COCO_test_resnext152_faster_rcnn_genome.lmdb)")
 _VERIFY_CHECKSUMS = flags.DEFINE_bool("verify_checksums", False, "before answering 'already "
                                       "prepared', compare every prepared file's SHA-256 with "
                                       "the manifest (reads every byte; sizes and record counts "
                                       "are always checked)")
 
 
+def with_split_features(task: Task, pairs: list[str]) -> Task:
+  """`task` reading each `SPLIT=LMDB` pair's features from that file."""
+  chosen = dict(task.split_features)
+  for pair in pairs:
+    split, _, path = pair.partition("=")
+    if not split or not path:
+      raise app.UsageError(f"--features {pair!r}: expected SPLIT=LMDB, e.g. "
+                           "test=coco/features_100/COCO_test_resnext152_faster_rcnn_genome.lmdb")
+    chosen[split] = path
+  return dataclasses.replace(task, split_features=tuple(chosen.items()))
+
+
 def main(argv):
   if len(argv) > 1:
     raise SystemExit(f"unexpected arguments: {argv[1:]}")
   try:
-    prepare(_TASK.value, _RELEASE_DIR.value, _DATA_DIR.value, splits=_SPLITS.value,
+    task = _TASK.value
+    if _FEATURES.value:
+      task = with_split_features(get_task(task), _FEATURES.value)
+    prepare(task, _RELEASE_DIR.value, _DATA_DIR.value, splits=_SPLITS.value,
             vocab_path=_VOCAB.value, clean=_CLEAN.value, overwrite=_OVERWRITE.value,
             progress=_PROGRESS.value, strict_boxes=_STRICT_BOXES.value,
             verify_checksums=_VERIFY_CHECKSUMS.value)

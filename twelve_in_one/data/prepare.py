@@ -114,6 +114,7 @@ class PrepareSummary:
 def _input_files(context: BuildContext) -> list[Path]:
   """Every file the task's builders may read: its annotation folder and feature files."""
   roots = [context.dataroot, context.feature_path()]
+  roots += [context.datasets_dir / path for _, path in context.task.split_features]
   if context.task.gt_features:
     roots.append(context.feature_path(gt=True))
   files: list[Path] = []

@@ -103,6 +103,9 @@ class Task:
   reader_dataset: str = ""     # the dataset of a reader that serves several (coco, refcoco+)
   dataroot: str = ""           # annotation folder, relative to the release's datasets/
   gt_features: str | None = None
+  # Splits whose detected-region LMDB is another file than `features` (VQA's test2015 images
+  # are in a file of their own in the release), as (split, path) pairs.
+  split_features: tuple[tuple[str, str], ...] = ()
   process: str = "normal"      # normal | retrieval (K options per example) | nlvr (2 images)
   num_options: int = 1         # retrieval: options per caption in training
   num_detected_regions: int = 101  # V-logit-mc: candidates are stored after these regions
@@ -137,12 +140,21 @@ class Task:
     if self.class_names and len(self.class_names) != self.head_spec.num_classes:
       raise ValueError(f"{where}: {len(self.class_names)} class_names for head type "
                        f"{self.head_type!r}, which has {self.head_spec.num_classes} classes")
+    for entry in self.split_features:
+      if (not isinstance(entry, tuple) or len(entry) != 2
+          or not all(isinstance(part, str) and part for part in entry)):
+        raise ValueError(f"{where}: split_features entry {entry!r}; expected a (split, path) "
+                         "pair of non-empty strings")
     if bool(self.clean_source) != bool(self.clean_splits):
       raise ValueError(f"{where}: clean_source and clean_splits go together")
 
   @property
   def key(self) -> str:
     return f"TASK{self.task_id}"
+
+  def features_for(self, split: str | None) -> str:
+    """The detected-region LMDB of `split` (relative to the release's datasets/)."""
+    return dict(self.split_features).get(split, self.features)
 
   @property
   def head_spec(self) -> HeadSpec:
@@ -180,6 +192,8 @@ class Task:
 
 
 _COCO = "coco/features_100/COCO_trainval_resnext152_faster_rcnn_genome.lmdb"
+# COCO test2015 (VQA test-dev / test-std) images are in a feature file of their own.
+_COCO_TEST = "coco/features_100/COCO_test_resnext152_faster_rcnn_genome.lmdb"
 _FLICKR = "flickr30k/flickr30k_resnext152_faster_rcnn_genome.lmdb"
 _GENOME = "visual_genome/vg_resnext152_faster_rcnn_genome.lmdb"
 
@@ -194,7 +208,8 @@ def _refer(dataset: str, split_by: str) -> dict[str, str]:
 
 _BUILT_IN: tuple[Task, ...] = (
     Task("vqa", 1, "VQA", "VL-classifier", "vqa", 23, 101, 128, 4e-5, 20,
-         "trainval", "minval", ("minval", "test"), _COCO, reader="vqa", dataroot="VQA",
+         "trainval", "minval", ("minval", "test"), _COCO, split_features=(("test", _COCO_TEST),),
+         reader="vqa", dataroot="VQA",
          clean_source="coco", clean_splits=("train", "trainval"), server_format="vqa",
          paper=PaperResult("VQA accuracy", "test-dev", "test", (71.82, "R"), (72.57, "R"),
                            (73.15, "3p"), _SERVER)),

@@ -64,15 +64,16 @@ class BuildContext:
     """How many pixels past the image edge a box is clipped rather than refused."""
     return 0.0 if self.strict_boxes else DEFAULT_BOX_CLIP
 
-  def feature_path(self, gt: bool = False) -> Path:
-    relative = self.task.gt_features if gt else self.task.features
+  def feature_path(self, gt: bool = False, split: str | None = None) -> Path:
+    """The (GT-box) feature LMDB; the detected-region one of `split` if it has its own."""
+    relative = self.task.gt_features if gt else self.task.features_for(split)
     if relative is None:
       raise ValueError(f"task {self.task.name} has no GT-box feature file")
     return self.datasets_dir / relative
 
-  def features(self, gt: bool = False) -> FeatureReader:
-    """The task's (GT-box) feature LMDB, opened once."""
-    path = os.fspath(self.feature_path(gt))
+  def features(self, gt: bool = False, split: str | None = None) -> FeatureReader:
+    """The task's (GT-box) feature LMDB, or `split`'s own detected-region one; opened once."""
+    path = os.fspath(self.feature_path(gt, split))
     if path not in self._readers:
       self._readers[path] = FeatureLMDB(path, box_clip=self.box_clip)
     return self._readers[path]

@@ -69,8 +69,8 @@ def build_refer_split(ctx: BuildContext, split: str) -> SplitExamples:
                        clean_image_ids=ctx.clean_ids(split))
   layout = Layout.from_task(ctx.task)
   train = split == "train"
-  images = ImageTable(*((ctx.features(), ctx.features(gt=True)) if train else
-                        (ctx.features(),)))
+  images = ImageTable(*((ctx.features(split=split), ctx.features(gt=True)) if train else
+                        (ctx.features(split=split),)))
   input_ids, input_mask = text_records(ctx.tokenizer, [e["caption"] for e in entries],
                                        layout.seq_len)
   records = []
@@ -111,7 +111,7 @@ def _pointing_split(ctx: BuildContext, split: str, entries: Any, texts: list[str
   layout = Layout.from_task(ctx.task)
   detected, candidates = layout.num_detected, layout.num_candidates
   capacity = layout.regions - detected - int(keep_last_row_empty)
-  images = ImageTable(ctx.features(), ctx.features(gt=True))
+  images = ImageTable(ctx.features(split=split), ctx.features(gt=True))
   input_ids, input_mask = text_records(ctx.tokenizer, texts, layout.seq_len)
   records = []
   for row, entry in enumerate(entries):

@@ -52,7 +52,7 @@ def _split(ctx: BuildContext, layout: Layout, split: str, entries: AnnotationSpl
            texts: list[str], image_keys: list[list[Any]], ids: list[int], keys: list[str],
            targets: list[dict[str, np.ndarray]], where: list[str]) -> SplitExamples:
   """One record per entry (token ids, image indices, ids, target) and the image loader."""
-  images = ImageTable(ctx.features())
+  images = ImageTable(ctx.features(split=split))
   input_ids, input_mask = text_records(ctx.tokenizer, texts, layout.seq_len)
   records = []
   for row, (entry_keys, target) in enumerate(zip(image_keys, targets, strict=True)):

@@ -59,7 +59,7 @@ def build_retrieval_split(ctx: BuildContext, split: str) -> SplitExamples:
                                ctx.reader_dataset, split,
                                clean_image_ids=ctx.clean_ids(split))
   source = annotations.source
-  images = ImageTable(ctx.features())
+  images = ImageTable(ctx.features(split=split))
   for image_id in annotations.image_ids:
     images.add(image_id, source, f"image id {image_id}")
   if len(images) < 2:

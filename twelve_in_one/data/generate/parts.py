@@ -44,6 +44,8 @@ class GeneratorPart:
       token): the smoke run's `max_seq_length`, since attention and the FFNs cost per token.
     feature_key: the key of an image in the task's detected-region LMDB.
     feature_images: the pool images the task's detected-region LMDB holds (default: all).
+    split_feature_keys: for each split with a feature file of its own (`Task.split_features`),
+      the key of an image in it (default: `feature_key`); that file holds the split's images.
     smoke_settings: task settings the smoke run changes besides the shapes (its reasons in a
       comment where the part is declared).
   """
@@ -53,6 +55,8 @@ class GeneratorPart:
   text_length: int
   feature_key: Callable[[PoolImage], int | str] = _image_id
   feature_images: Callable[[Sequence[PoolImage]], Sequence[PoolImage]] | None = None
+  split_feature_keys: Mapping[str, Callable[[PoolImage], int | str]] = dataclasses.field(
+      default_factory=dict)
   smoke_settings: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
   def __post_init__(self) -> None:
@@ -73,7 +77,8 @@ def _refer_part(task: str, text_length: int) -> GeneratorPart:
 # replace one (e.g. to interrupt a run).
 PARTS: dict[str, GeneratorPart] = {
     "vqa": GeneratorPart("coco", lambda *args: qa.write_vqa(*args),
-                         baselines.classification_baselines, 20),
+                         baselines.classification_baselines, 20,
+                         split_feature_keys={"test": qa.test2015_id}),
     "genome_qa": GeneratorPart("genome", lambda *args: qa.write_genome(*args),
                                baselines.classification_baselines, 20),
     "visual7w": GeneratorPart("genome", lambda *args: pointing.write_visual7w(*args),

@@ -77,6 +77,16 @@ def _count(n: float, images: Sequence[PoolImage]) -> int:
   return max(2, int(round(n * len(images))))
 
 
+# VQA's test questions are on COCO test2015 images, which have ids and a feature file of their
+# own in the release; the generator gives the COCO pool's test scenes such ids.
+TEST2015_ID_OFFSET = 500_000
+
+
+def test2015_id(image: PoolImage) -> int:
+  """The id (and feature key) of a COCO pool test scene as a VQA test2015 image."""
+  return TEST2015_ID_OFFSET + int(image.image_id)
+
+
 def write_vqa(datasets_dir: str, coco: Sequence[PoolImage], config: GeneratorConfig
               ) -> dict[str, Any]:
   """Write the VQA v2-style dataset over the COCO pool; returns counts."""
@@ -92,12 +102,13 @@ def write_vqa(datasets_dir: str, coco: Sequence[PoolImage], config: GeneratorCon
     records, targets = [], []
     for candidate in chosen:
       image = candidate.payload
+      image_id = test2015_id(image) if split == "test" else image.image_id
       # VQA numbers questions image_id * 1000 + k.
-      question_id = int(image.image_id) * 1000 + per_image.setdefault(image.image_id, 0)
-      per_image[image.image_id] += 1
-      records.append({"image_id": image.image_id, "question": candidate.text,
+      question_id = int(image_id) * 1000 + per_image.setdefault(image_id, 0)
+      per_image[image_id] += 1
+      records.append({"image_id": image_id, "question": candidate.text,
                       "question_id": question_id})
-      targets.append({"question_id": question_id, "image_id": image.image_id,
+      targets.append({"question_id": question_id, "image_id": image_id,
                       "labels": [ans2label[candidate.label]], "scores": [1.0]})
     records.sort(key=lambda record: record["question_id"])
     targets.sort(key=lambda target: target["question_id"])

@@ -37,16 +37,26 @@ def _pool_lmdbs(pool: str, datasets_dir: str, images: list[PoolImage],
   """Write every detected-region LMDB of the tasks that use the pool's images.
 
   Tasks that share a feature file (VQA, COCO retrieval and GuessWhat) share its keys; it is
-  written once, by the first of them.
+  written once, by the first of them. A split with a feature file of its own
+  (`Task.split_features`: VQA's test2015) gets the split's images, under the part's keys for it.
   """
   written: set[str] = set()
   for name, part in parts.items():
-    path = get_task(name).features
-    if part.pool != pool or path in written:
+    task = get_task(name)
+    if part.pool != pool:
       continue
-    written.add(path)
     chosen = images if part.feature_images is None else part.feature_images(images)
-    write_lmdb(os.path.join(datasets_dir, path), detected_records(chosen, part.feature_key))
+    if task.features not in written:
+      written.add(task.features)
+      write_lmdb(os.path.join(datasets_dir, task.features),
+                 detected_records(chosen, part.feature_key))
+    for split, path in task.split_features:
+      if path in written:
+        continue
+      written.add(path)
+      key = part.split_feature_keys.get(split, part.feature_key)
+      write_lmdb(os.path.join(datasets_dir, path),
+                 detected_records(split_images(chosen, split), key))
 
 
 def _clean_ids(datasets_dir: str, pools: dict[str, list[PoolImage]],
