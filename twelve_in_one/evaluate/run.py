@@ -187,8 +187,8 @@ def _vocabulary(task: Task, data, loaded: LoadedModel,
   vocab = list(vocab) if vocab is not None else data.label2ans(task)
   if vocab is None:
     return None
-  size = {"VL-classifier": loaded.config.num_vqa_answers,
-          "VL-classifier-GQA": loaded.config.num_gqa_answers}.get(task.head_type)
+  field = task.head_spec.answer_head
+  size = getattr(loaded.config, field) if field else None
   if size is not None and len(vocab) != size:
     raise ValueError(f"task {task.name}: the answer vocabulary has {len(vocab)} answers but "
                      f"the model's answer head has {size}")
