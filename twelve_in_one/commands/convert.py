@@ -39,13 +39,18 @@ _IGNORE_UNEXPECTED = flags.DEFINE_bool("ignore_unexpected", False,
                                        "import: drop unknown keys instead of failing")
 _SEED = flags.DEFINE_integer("seed", 0, "import: seed for parameters missing from the file")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "replace an existing output")
+_ARCHITECTURE = flags.DEFINE_enum(
+    "architecture", "tasks", ["tasks", "pretraining"],
+    "import: the model the state dict is of: tasks (the 12-in-1 model, e.g. "
+    "multi_task_model.bin) or pretraining (bert.* and cls.* only, e.g. pretrained_model.bin); "
+    "export takes it from the checkpoint")
 
 EXPORT_FILES = {"npz": "state_dict.npz", "torch": "pytorch_model.bin"}
 
 
 def convert_import(input_path: str, config_path: str, output: str, *,
                    ignore_unexpected: bool = False, seed: int = 0,
-                   overwrite: bool = False) -> str:
+                   overwrite: bool = False, architecture: str = "tasks") -> str:
   """Official state dict -> our checkpoint at `output`; returns the report text."""
   from twelve_in_one.interop import checkpoint_io
   from twelve_in_one.interop.official import import_official
@@ -55,9 +60,9 @@ def convert_import(input_path: str, config_path: str, output: str, *,
   config = checkpoint_io.read_official_config(config_path)
   params, report = import_official(checkpoint_io.read_state_dict(input_path), config,
                                    allow_unexpected=ignore_unexpected, rng=seed,
-                                   source=input_path)
+                                   source=input_path, architecture=architecture)
   meta = {"source": paths.describe(input_path), "official_config": paths.describe(config_path),
-          "conversion": report.to_json()}
+          "conversion": report.to_json(), checkpoint_io.ARCHITECTURE_KEY: architecture}
   path = checkpoint_io.save_params(output, params, config, meta=meta, overwrite=overwrite)
   return report.format() + f"\nwrote {path}"
 
@@ -72,7 +77,7 @@ def convert_export(input_dir: str, output: str, fmt: str, *, config_path: str | 
   from twelve_in_one.interop.official import TIED_ALIASES, export_official
   for location, flag in ((input_dir, "--input"), (config_path, "--config"), (output, "--output")):
     paths.check_bucket(location, flag)
-  params, config, _ = checkpoint_io.load_params(input_dir)
+  params, config, meta = checkpoint_io.load_params(input_dir)
   if config_path is not None:
     given = checkpoint_io.read_official_config(config_path).to_official_dict()
     stored = config.to_official_dict()
@@ -80,7 +85,7 @@ def convert_export(input_dir: str, output: str, fmt: str, *, config_path: str | 
     if differ:
       raise ValueError(f"{config_path}: differs from the checkpoint's config in "
                        f"{[f'{k}: {given[k]!r} vs {stored.get(k)!r}' for k in differ]}")
-  state = export_official(params, config)
+  state = export_official(params, config, architecture=checkpoint_io.architecture_of(meta))
   folder = paths.as_path(output)
   target, config_out = folder / EXPORT_FILES[fmt], folder / "config.json"
   for path in (target, config_out):
@@ -107,7 +112,7 @@ def main(argv: list[str]) -> int:
         raise app.UsageError("--config (the official JSON config) is required for import")
       text = convert_import(_INPUT.value, _CONFIG.value, _OUTPUT.value,
                             ignore_unexpected=_IGNORE_UNEXPECTED.value, seed=_SEED.value,
-                            overwrite=_OVERWRITE.value)
+                            overwrite=_OVERWRITE.value, architecture=_ARCHITECTURE.value)
     else:
       text = convert_export(_INPUT.value, _OUTPUT.value, _FORMAT.value,
                             config_path=_CONFIG.value, overwrite=_OVERWRITE.value)

@@ -258,6 +258,9 @@ def write_state_dict(path: str | os.PathLike, state_dict: Mapping[str, np.ndarra
 
 # ------------------------------------------------------------------------ orbax checkpoints
 PARAMS_DIR, CONFIG_FILE, META_FILE = "params", "config.json", "meta.json"
+# meta.json's key naming the model whose parameters a checkpoint holds ("tasks" or
+# "pretraining", as `interop.official` names them).
+ARCHITECTURE_KEY = "architecture"
 STORE_FORMAT = "twelve_in_one.params/1"
 
 
@@ -387,8 +390,15 @@ def load_params(path: str | os.PathLike) -> tuple[dict, ViLBertConfig, dict[str,
     raise ValueError(f"{os.fspath(where / PARAMS_DIR)}: cannot restore the orbax checkpoint "
                      f"({type(e).__name__}: {_first_line(e)})") from None
   params = jax.tree.map(np.asarray, params)
-  check_params(params, config)  # names and shapes against the stored config
+  # Names and shapes against the stored config and the model the parameters are of: the
+  # 12-in-1 task model, or the pretraining model (`meta["architecture"]`).
+  check_params(params, config, architecture=architecture_of(meta))
   return params, config, meta
+
+
+def architecture_of(meta: Mapping[str, Any]) -> str:
+  """The model a params checkpoint holds, from its meta.json ("tasks" when unsaid)."""
+  return str(meta.get(ARCHITECTURE_KEY, "tasks"))
 
 
 def read_official_config(path: str | os.PathLike, **overrides: Any) -> ViLBertConfig:

@@ -46,13 +46,19 @@ def load_init_params(config, model_config: ViLBertConfig, params: Any) -> tuple[
     location = _check_exists(path, "config.init.checkpoint", _CHECKPOINT_KINDS)
     # epath, not os.path: on a bucket a folder is a prefix, which os.path never sees.
     if location.is_dir():
-      loaded, saved_config, _ = checkpoint_io.load_params(path)
+      loaded, saved_config, meta = checkpoint_io.load_params(path)
       # A folder saved by a run with the other `scan_layers` setting holds the same layers
       # stacked (or per layer): bring it to this run's layout before comparing shapes.
       loaded = scan.to_layout(loaded, model_config)
-      _check_same_shapes(loaded, params, path)
-      params = loaded
-      reports.append(f"{path}: loaded our checkpoint (model {saved_config.hidden_size}-wide)")
+      if checkpoint_io.architecture_of(meta) == "pretraining":
+        params = _with_pretrained(params, loaded, path)
+        reports.append(f"{path}: loaded the pretrained backbone and cls heads (model "
+                       f"{saved_config.hidden_size}-wide); task heads and tokens keep their "
+                       "fresh initialisation")
+      else:
+        _check_same_shapes(loaded, params, path)
+        params = loaded
+        reports.append(f"{path}: loaded our checkpoint (model {saved_config.hidden_size}-wide)")
     else:
       state = checkpoint_io.read_state_dict(path)
       params, report = official.import_official(
@@ -78,6 +84,26 @@ def _check_exists(location: str, key: str, expected: str) -> epath.Path:
 def jax_to_numpy(tree: Any) -> Any:
   flat = traverse_util.flatten_dict(tree)
   return traverse_util.unflatten_dict({k: np.asarray(v) for k, v in flat.items()})
+
+
+def _with_pretrained(params: Any, pretrained: Any, path: str) -> Any:
+  """`params` with every parameter of a pretraining checkpoint put in at its path.
+
+  The pretraining model's tree is the task model's `bert` and `cls` part (the official
+  `BertForMultiModalPreTraining` names), so each of its parameters has the same path and
+  shape in the task model; the task heads and the task-token embedding are the task model's.
+  """
+  flat = traverse_util.flatten_dict(params)
+  for key, value in traverse_util.flatten_dict(pretrained).items():
+    name = "/".join(key)
+    if key not in flat:
+      raise ValueError(f"{path}: pretraining parameter {name} is not a parameter of the "
+                       "configured task model")
+    if np.shape(value) != np.shape(flat[key]):
+      raise ValueError(f"{path}: parameter {name} has shape {np.shape(value)}, the configured "
+                       f"model expects {np.shape(flat[key])}")
+    flat[key] = value
+  return traverse_util.unflatten_dict(flat)
 
 
 def _check_same_shapes(loaded: Any, expected: Any, path: str) -> None:
