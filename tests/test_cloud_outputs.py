@@ -225,6 +225,10 @@ def test_evaluate_a_bucket_workdir_writes_its_files_into_the_bucket(gcs, bucket)
   assert result["out_dir"] == f"{workdir}/eval" and result["iteration"] == 5
   assert result["source"] == f"{workdir}/checkpoints/5"
   assert gcs.object_names("cloud-outputs", "run/eval/") == [
+      "run/eval/official/retrieval_flickr30k/val_others.json",
+      "run/eval/official/retrieval_flickr30k/val_result.json",
+      "run/eval/official/vqa/minval_others.json",
+      "run/eval/official/vqa/minval_result.json",
       "run/eval/predictions/retrieval_flickr30k_val.json",
       "run/eval/predictions/retrieval_flickr30k_val_scores.npy",
       "run/eval/predictions/vqa_minval.json",
