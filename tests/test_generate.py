@@ -439,3 +439,44 @@ def test_text_only_and_image_only_baselines_stay_near_chance(small):
     assert base["text_only"] <= chance + margin, report[-1]
     assert base["image_only"] <= chance + margin, report[-1]
   print("\n".join(report))
+
+
+def test_pretraining_corpus_is_written_in_the_official_format_and_prepares(tmp_path_factory,
+                                                                            tmp_path):
+  from twelve_in_one.data.concap.pipeline import pretraining_iterator
+  from twelve_in_one.data.concap.prepare import prepare_corpus
+  from twelve_in_one.data.concap.release import ConcapLMDB, read_captions, split_files
+  from twelve_in_one.data.generate import captions
+
+  release = tmp_path_factory.mktemp("with_corpus") / "release"
+  generate(release, seed=0, pretraining_corpus=True, **TINY, **QUIET)
+  summary = read_summary(str(release))
+  corpus = release / "datasets" / captions.CORPUS_FOLDER
+  pools = len(captions.CORPUS_POOLS)
+  expected = {"train": pools * TINY["num_images"], "val": TINY["num_val_images"] * (pools + 2)}
+  for split, count in expected.items():   # the genome pool has three times the val scenes
+    lmdb_path, caption_path = split_files(corpus, split)
+    records = list(ConcapLMDB(lmdb_path))
+    assert len(records) == count == summary["pretraining_corpus"][split]["images"], split
+    assert len(read_captions(caption_path)) == count
+    for record in records:
+      assert record.num_boxes == TINY["num_regions"] and record.caption
+      assert record.image_feature_wp.shape == (TINY["num_regions"], 2048)
+      targets = record.image_target_wp
+      assert targets.shape == (TINY["num_regions"], captions.NUM_CLASSES)
+      np.testing.assert_allclose(targets.sum(axis=1), 1.0, rtol=1e-6)
+      # Every box puts its mass on the background and at most one object type.
+      assert ((targets[:, 1:] > 0).sum(axis=1) <= 1).all()
+      assert (targets[:, len(captions.OBJECT_CLASSES) + 1:] == 0).all()
+  # The boxes detected around objects mostly cover them: their object class dominates.
+  train = list(ConcapLMDB(split_files(corpus, "train")[0]))
+  object_mass = np.concatenate([r.image_target_wp[:, 1:].sum(axis=1) for r in train])
+  assert (object_mass > 0.5).mean() > 0.3
+
+  prepare_corpus(corpus, tmp_path / "prepared", max_seq_length=24,
+                 max_boxes=TINY["num_regions"], progress=False, log=lambda line: None)
+  batch = next(pretraining_iterator(tmp_path / "prepared", "train", seed=0,
+                                    batch_size_per_process=4))
+  assert batch["image_target_kl"].shape == (4, TINY["num_regions"], captions.NUM_CLASSES)
+  assert batch["input_ids"].shape == (4, 24)
+  assert set(batch["next_sentence_label"].tolist()) <= {0, 1}

@@ -25,6 +25,9 @@ _NUM_VAL_IMAGES = flags.DEFINE_integer("num_val_images", 64, "validation scenes 
 _NUM_TEST_IMAGES = flags.DEFINE_integer("num_test_images", 16, "test scenes per pool")
 _NUM_REGIONS = flags.DEFINE_integer("num_regions", 10,
                                     "detector boxes per image (the release keeps 100)")
+_PRETRAINING_CORPUS = flags.DEFINE_bool(
+    "pretraining_corpus", False, "also write datasets/conceptual_caption/: one caption and the "
+    "detector's class distributions per train/val scene, in the official pretraining format")
 flags.mark_flag_as_required("out")
 
 
@@ -46,7 +49,7 @@ def main(argv):
     summary = generate(_OUT.value, seed=_SEED.value, num_images=_NUM_IMAGES.value,
                        num_val_images=_NUM_VAL_IMAGES.value,
                        num_test_images=_NUM_TEST_IMAGES.value, num_regions=_NUM_REGIONS.value,
-                       progress=print)
+                       pretraining_corpus=_PRETRAINING_CORPUS.value, progress=print)
   except (FileExistsError, ValueError) as error:
     # A bad --out or bad sizes: one line, not a traceback.
     raise SystemExit(f"twelve-in-one generate: {error}") from error

@@ -74,8 +74,9 @@ def write_concap_lmdb(path: str | os.PathLike[str], records: Iterable[CaptionedI
     for stale in (path, path + "-lock"):
       if os.path.isfile(stale):
         os.remove(stale)
+  # meminit (LMDB's default) zeroes unused page bytes, so equal records give equal files.
   environment = lmdb.open(path, subdir=False, map_size=DEFAULT_LMDB_MAP_SIZE, readonly=False,
-                          meminit=False, map_async=True)
+                          map_async=True)
   count = 0
   try:
     txn = environment.begin(write=True)
@@ -94,6 +95,10 @@ def write_concap_lmdb(path: str | os.PathLike[str], records: Iterable[CaptionedI
     environment.sync()
   finally:
     environment.close()
+    # The lock file holds this process's reader table, not data: readers open the file
+    # without locking (as the official loader does), and equal corpora give equal folders.
+    if os.path.isfile(path + "-lock"):
+      os.remove(path + "-lock")
   return count
 
 

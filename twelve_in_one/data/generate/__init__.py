@@ -39,6 +39,7 @@ from collections.abc import Callable
 from typing import Any
 
 from twelve_in_one.data.generate.baselines import task_baselines
+from twelve_in_one.data.generate.captions import CORPUS_FOLDER
 from twelve_in_one.data.generate.layout import (
     DATAROOTS,
     FEATURES,
@@ -54,7 +55,8 @@ from twelve_in_one.data.generate.samples import write_samples
 __all__ = ["GeneratorConfig", "SUMMARY_FILE", "generate", "read_summary"]
 
 SUMMARY_FILE = "summary.json"
-FORMAT = "twelve_in_one generated release, version 1"
+# Version 2: VQA test2015 images in a feature file of their own; the optional pretraining corpus.
+FORMAT = "twelve_in_one generated release, version 2"
 
 
 def read_summary(out_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
@@ -90,7 +92,8 @@ def _summary(out_dir: str, config: GeneratorConfig, written: dict[str, Any],
                    "baselines": baselines[task]}
   files, size = _tree_size(out_dir)
   return {"format": FORMAT, "config": config.as_dict(), "datasets_dir": "datasets",
-          "images": counts["images"], "tasks": tasks, "samples": samples,
+          "images": counts["images"], "tasks": tasks,
+          "pretraining_corpus": counts.get(CORPUS_FOLDER), "samples": samples,
           "files": files + 1, "bytes_without_summary": size}
 
 
@@ -102,6 +105,10 @@ def _existing(out_dir: str, config: GeneratorConfig) -> dict[str, Any] | None:
   if summary is None:
     raise FileExistsError(f"{out_dir} exists but is not a generated release (no "
                           f"{SUMMARY_FILE}); remove it or choose another --out")
+  if summary.get("format") != FORMAT:
+    raise FileExistsError(f"{out_dir} holds a release of another format "
+                          f"({summary.get('format')!r}, not {FORMAT!r}); remove it to generate "
+                          "this one")
   if summary.get("config") != config.as_dict():
     raise FileExistsError(f"{out_dir} holds a release generated with {summary.get('config')}, "
                           f"not {config.as_dict()}; remove it or choose another --out")
@@ -110,6 +117,7 @@ def _existing(out_dir: str, config: GeneratorConfig) -> dict[str, Any] | None:
 
 def generate(out_dir: str | os.PathLike[str], *, seed: int = 0, num_images: int = 320,
              num_val_images: int = 64, num_test_images: int = 16, num_regions: int = 10,
+             pretraining_corpus: bool = False,
              progress: Callable[[str], None] | None = None) -> dict[str, Any]:
   """Generate the mini 12-in-1 release into ``out_dir`` (see the module docstring).
 
@@ -121,6 +129,7 @@ def generate(out_dir: str | os.PathLike[str], *, seed: int = 0, num_images: int 
     num_val_images: validation scenes per pool.
     num_test_images: test scenes per pool.
     num_regions: detector boxes per image (the release has 100).
+    pretraining_corpus: also write `datasets/conceptual_caption/`, the pretraining corpus.
     progress: called with one-line progress messages (default: logging).
 
   Returns:
@@ -134,7 +143,8 @@ def generate(out_dir: str | os.PathLike[str], *, seed: int = 0, num_images: int 
   """
   say = progress or (lambda message: logging.info("%s", message))
   config = GeneratorConfig(seed=seed, num_images=num_images, num_val_images=num_val_images,
-                           num_test_images=num_test_images, num_regions=num_regions)
+                           num_test_images=num_test_images, num_regions=num_regions,
+                           pretraining_corpus=pretraining_corpus)
   out_dir = os.path.abspath(os.fspath(out_dir))
   start = time.perf_counter()
   existing = _existing(out_dir, config)

@@ -70,6 +70,8 @@ class GeneratorConfig:
     num_test_images: test scenes per pool (test splits, clean-split ids).
     num_regions: detector boxes kept per image (the release keeps 100; the
       reader adds the global region, so a task sees ``num_regions + 1``).
+    pretraining_corpus: also write the Conceptual Captions-style corpus of
+      the pools' scenes (``captions.py``), for pretraining.
   """
 
   seed: int = 0
@@ -77,6 +79,7 @@ class GeneratorConfig:
   num_val_images: int = 64
   num_test_images: int = 16
   num_regions: int = 10
+  pretraining_corpus: bool = False
 
   def __post_init__(self) -> None:
     if self.num_images < 8 or self.num_images % 2:

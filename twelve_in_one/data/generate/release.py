@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from twelve_in_one.data.annotations.clean import clean_ids_path
-from twelve_in_one.data.generate import layout
+from twelve_in_one.data.generate import captions, layout
 from twelve_in_one.data.generate.layout import GeneratorConfig
 from twelve_in_one.data.generate.parts import GeneratorPart, generated_parts
 from twelve_in_one.data.generate.pools import (
@@ -86,10 +86,13 @@ def write_release(out_dir: str, config: GeneratorConfig,
   datasets_dir = os.path.join(out_dir, "datasets")
   parts = generated_parts()
   pools: dict[str, list[PoolImage]] = {}
+  corpus = captions.CorpusWriter(config) if config.pretraining_corpus else None
   for pool in POOL_CODE:
     start = time.perf_counter()
     pools[pool] = build_pool(pool, config, out_dir)
     _pool_lmdbs(pool, datasets_dir, pools[pool], parts)
+    if corpus is not None:
+      corpus.add_pool(pool, pools[pool])   # while the pool's features are in memory
     release_features(pools[pool])
     say(f"pool {pool}: {len(pools[pool])} images in {time.perf_counter() - start:.1f}s")
   counts: dict[str, Any] = {}
@@ -97,6 +100,8 @@ def write_release(out_dir: str, config: GeneratorConfig,
   for name, part in parts.items():
     counts[name] = part.write(datasets_dir, pools[part.pool], config)
   _clean_ids(datasets_dir, pools, parts)
+  if corpus is not None:
+    counts[captions.CORPUS_FOLDER] = corpus.write(datasets_dir)
   say(f"annotations of {len(parts)} datasets in {time.perf_counter() - start:.1f}s")
   counts["images"] = {pool: {split: len(split_images(images, split))
                              for split in ("train", "val", "dev", "test")
