@@ -111,10 +111,7 @@ def main() -> None:
     run = lambda: compiled(params, batch).block_until_ready()
   else:
     settings = StepSettings(opt.OptimizerConfig())
-    step = jax.jit(make_train_step(model.apply, task, settings,
-                                   opt.learning_rates(params, settings.optimizer),
-                                   opt.weight_decays(params, settings.optimizer), params),
-                   donate_argnums=(0,))
+    step = jax.jit(make_train_step(model.apply, task, settings), donate_argnums=(0,))
     key, lr = prng.dropout_key(0, args.prng_impl), jnp.float32(1.0)
     holder = {"state": jax.jit(create_state, donate_argnums=0)(params)}
     compiled = step.lower(holder["state"], batch, key, lr).compile()

@@ -23,11 +23,7 @@ def donated_train_step(model: Any, task: Any, grad_accum_steps: int = 1) -> tupl
   from twelve_in_one.train import optimizer as opt
   from twelve_in_one.train.steps import StepSettings, create_state, make_train_step
 
-  abstract = jax.eval_shape(lambda: init_params(model, jax.random.key(0)))
   settings = StepSettings(opt.OptimizerConfig(), grad_accum_steps=grad_accum_steps)
-  step = jax.jit(make_train_step(model.apply, task, settings,
-                                 opt.learning_rates(abstract, settings.optimizer),
-                                 opt.weight_decays(abstract, settings.optimizer), abstract),
-                 donate_argnums=(0,))
+  step = jax.jit(make_train_step(model.apply, task, settings), donate_argnums=(0,))
   abstract_state = jax.eval_shape(lambda: create_state(init_params(model, jax.random.key(0))))
   return step, abstract_state

@@ -122,12 +122,26 @@ def get_config(arg=None):
   config.tasks = ",".join(TWELVE)
   config.task_settings = _task_settings(TWELVE)
 
+  # The official optimizer (train/optimizer.py): "adamw" (without bias correction) or
+  # "radam". `unused_params`: what a task's step does to parameters its loss does not reach:
+  # "torch1" steps every parameter some earlier step reached, with a zero gradient (the
+  # released model's torch 1.x `zero_grad()`), "skip" leaves them (torch >= 2). `freeze` keeps
+  # the text embeddings and text layers 0..freeze out of the optimizer (-1: none);
+  # `vision_scratch` trains every weight that is not a BERT text weight at head_lr.
   config.optimizer = config_dict.ConfigDict(dict(
-      base_lr=2e-5, head_lr=1e-4, weight_decay=0.01, b1=0.9, b2=0.999, eps=1e-6,
-      clip_grad_norm=0.0, grad_accum_steps=1))
+      name="adamw", base_lr=2e-5, head_lr=1e-4, weight_decay=0.01, b1=0.9, b2=0.999, eps=1e-6,
+      clip_grad_norm=0.0, grad_accum_steps=1, unused_params="torch1", freeze=-1,
+      vision_scratch=False))
+  # `lr_scheduler` (train/lr_schedule.py): "warmup_linear" (the README's command, which
+  # trained the released model), "mannul" (the official script's default: x0.2 from epochs 5
+  # and 7), "automatic", "cosine" or "cosine_warm". An epoch is the largest task's batches per
+  # epoch times `train_iter_multiplier` (or `iterations_per_epoch` when > 0).
   config.schedule = config_dict.ConfigDict(dict(
       kind="round_robin", num_epochs=20, iterations_per_epoch=0, lr_scheduler="warmup_linear",
-      warmup_proportion=0.1))
+      warmup_proportion=0.1, train_iter_multiplier=1.0))
+  # Dynamic Stop-and-Go. A stopped task still trains when iteration % train_iter_gap == 0.
+  # `reset_epochs` is the official lr_reduce_list: the controllers are reset after these
+  # epochs, and "mannul" lowers the learning rate from them on.
   config.dsg = config_dict.ConfigDict(dict(
       enabled=True, threshold=0.001, continue_threshold=0.005, patience=1, cooldown=1,
       train_iter_gap=4, reset_epochs=(5, 7)))

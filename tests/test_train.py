@@ -60,17 +60,16 @@ def _one_step(mesh_sizes, rules, devices=None, grad_accum_steps=1, **model_chang
   batch = random_batch(task, 8, vocab_size=1000, seq_len=6, num_regions=5)
   config = opt.OptimizerConfig()
   step = make_train_step(model.apply, task,
-                         StepSettings(config, 2.0, grad_accum_steps, tuple(rules)),
-                         opt.learning_rates(params, config), opt.weight_decays(params, config),
-                         params)
+                         StepSettings(config, 2.0, grad_accum_steps, tuple(rules)))
   mesh = sharding.make_mesh(mesh_sizes, devices)
   import flax.linen as nn
   boxed = jax.eval_shape(lambda: loop_lib.init_variables(model, jax.random.key(0)))
   shardings = sharding.tree_shardings(params, nn.get_partition_spec(boxed)["params"], mesh,
                                       rules)
-  state = jax.device_put(create_state(params), loop_lib.TrainState(
+  opt_state = opt.init_state(params, config)
+  state = jax.device_put(create_state(params, config), loop_lib.TrainState(
       step=sharding.replicated(mesh), params=shardings,
-      opt_state={"mu": shardings, "nu": shardings}))
+      opt_state=opt.state_shardings(opt_state, params, shardings, sharding.replicated(mesh))))
   with jax.set_mesh(mesh):
     new_state, metrics = jax.jit(step)(state, sharding.global_batch(batch, mesh),
                                        jax.random.key(3), np.float32(1.0))

@@ -5,6 +5,7 @@ import json
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from flax import traverse_util
 
@@ -13,6 +14,7 @@ from twelve_in_one.interop.names import official_name
 from twelve_in_one.tasks import task_by_id
 from twelve_in_one.train import optimizer as opt
 from twelve_in_one.train.dsg import DSGConfig, StopAndGo
+from twelve_in_one.train.lr_schedule import warmup_linear
 from twelve_in_one.train.objective import task_loss
 
 
@@ -31,6 +33,20 @@ def model_and_params(fixture_dir):
 def _is_key_bias(name: str) -> bool:
   """Attention key biases: softmax ignores a constant shift, so their gradient is exactly 0."""
   return name.endswith((".key.bias", ".key1.bias", ".key2.bias"))
+
+
+def _vqa_update(model, params, batch, config):
+  """The optax update of a VQA step: `(params, grads, state) -> (params, state)`, touching the
+  parameters the VQA loss reaches (the body and its head)."""
+  task = task_by_id(1)
+  reached = opt.reached_by(lambda p: task_loss(model.apply, p, task, batch), params)
+  optimizer = opt.build(config, params, reached)
+
+  def update(params, grads, state):
+    updates, state = optimizer.update(grads, state, params, lr_multiplier=jnp.float32(1.0))
+    return optax.apply_updates(params, updates), state
+
+  return update, optimizer.init
 
 
 TASK_KEYS = ["task1", "task15", "task13", "task9", "task12", "task7", "task4"]
@@ -95,20 +111,18 @@ def _compare_step(train, params, ours_tree, index, floor_mask=None):
   return checked, errors
 
 
-def test_adamw_update_from_official_gradients_matches_step1(train, model_and_params):
+def test_adamw_update_from_official_gradients_matches_step1(fixture_dir, train,
+                                                           model_and_params):
   """The optimizer alone: the fixture's own gradients through our update give `step1.*`."""
-  _, params = model_and_params
+  model, params = model_and_params
   config = opt.OptimizerConfig()
   grads = {}
   for path in traverse_util.flatten_dict(params):
     name, transpose = official_name(path)
     grads[path] = train[f"grad.{name}"].T if transpose else train[f"grad.{name}"]
   grads = traverse_util.unflatten_dict(grads)
-  active = opt.active_mask(params, {"bert", "vil_prediction"})
-  new, _ = jax.jit(lambda p, g: opt.apply_update(
-      p, g, opt.init_state(p), jnp.float32(1.0), config=config,
-      lrs=opt.learning_rates(params, config), decays=opt.weight_decays(params, config),
-      active=active))(params, grads)
+  update, init = _vqa_update(model, params, fixture_batch(fixture_dir, train, "task1"), config)
+  new, _ = jax.jit(lambda p, g: update(p, g, init(p)))(params, grads)
   checked, errors = _compare_step(train, params, new, 1)
   assert checked == 214   # 210 stored whole + 4 stored as a slice
   assert max(errors.values()) <= 1e-6, max(errors.items(), key=lambda kv: kv[1])
@@ -127,14 +141,12 @@ def test_adamw_steps_through_our_backward_match_official(fixture_dir, train, mod
   task = task_by_id(1)
   batch = fixture_batch(fixture_dir, train, "task1")
   config = opt.OptimizerConfig()
-  lrs, decays = opt.learning_rates(params, config), opt.weight_decays(params, config)
-  active = opt.active_mask(params, {"bert", "vil_prediction"})
+  update, init = _vqa_update(model, params, batch, config)
 
   @jax.jit
   def step(params, state):
     grads = jax.grad(lambda p: task_loss(model.apply, p, task, batch)[0])(params)
-    return opt.apply_update(params, grads, state, jnp.float32(1.0), config=config, lrs=lrs,
-                            decays=decays, active=active)
+    return update(params, grads, state)
 
   noise_floor, noisy, total = {}, 0, 0
   for key, g in train.items():
@@ -149,7 +161,7 @@ def test_adamw_steps_through_our_backward_match_official(fixture_dir, train, mod
       total += g.size
   assert noisy / total < 0.01   # a handful of elements, not a loophole
 
-  state, current = opt.init_state(params), params
+  state, current = init(params), params
   snapshots = {}
   for index in range(1, 4):
     current, state = step(current, state)
@@ -173,7 +185,7 @@ def test_warmup_linear_multipliers_match_exactly(fixture_dir, train):
   manifest = json.loads((fixture_dir / "train_manifest.json").read_text())
   sched = manifest["schedule"]
   expected = np.asarray(sched["multiplier_fp64"], np.float64)
-  ours = [opt.warmup_linear_python(s, sched["warmup_steps"], sched["t_total"])
+  ours = [warmup_linear(s, sched["warmup_steps"], sched["t_total"])
           for s in range(len(expected))]
   assert ours == expected.tolist()
   np.testing.assert_array_equal(train["schedule.warmup_linear"], np.float32(ours))

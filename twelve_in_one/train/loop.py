@@ -6,7 +6,8 @@ Read top to bottom, section by section:
   Input           one resumable grain iterator per task
   State           parameters and Adam moments born sharded, or restored from the workdir
   Steps           one jit-compiled step per task
-  Loop            round-robin (or weighted / summed) with Dynamic Stop-and-Go
+  Loop            round-robin (or weighted / summed) with Dynamic Stop-and-Go, the official
+                  loop body (`Schedule.run_iteration`) with its learning-rate schedulers
   Evaluate        each task at its own epoch boundary
   Checkpoint      asynchronously every N iterations, at once on SIGTERM
 
@@ -33,7 +34,7 @@ from twelve_in_one.models import ViLBertForVLTasks
 from twelve_in_one.models.vilbert import init_variables
 from twelve_in_one.tasks.registry import Task, loss_scale
 from twelve_in_one.train import optimizer as opt
-from twelve_in_one.train import distributed, prng, sharding, workdir_lock
+from twelve_in_one.train import distributed, options, prng, sharding, workdir_lock
 from twelve_in_one.train.checkpoint import Checkpointer, abstract_like
 from twelve_in_one.train.dsg import DSGConfig
 from twelve_in_one.train.inputs import TaskData, synthetic_task_data, tfds_task_data
@@ -170,6 +171,7 @@ def train_and_evaluate(config, workdir: str, chance: dict[str, float] | None = N
   mesh = sharding.mesh_from_config(config.mesh)
   validate_config(config, tasks, mesh)
   model_config = run_model_config(config)
+  options.validate(config, model_config)
   paths.as_path(workdir).mkdir(parents=True, exist_ok=True)
   # One trainer per workdir: a second one stops here, before it reads or writes anything.
   with workdir_lock.hold(workdir, process_index=jax.process_index(),
@@ -202,14 +204,18 @@ def _train_and_evaluate(config, workdir: str, chance, tasks: list[Task], mesh, m
   abstract_params = nn.meta.unbox(boxed)["params"]
   param_shardings = sharding.tree_shardings(abstract_params, logical, mesh, rules)
   replicated = sharding.replicated(mesh)
+  optimizer_config = options.optimizer_config(config, model_config)
+  abstract_opt_state = jax.eval_shape(lambda p: opt.init_state(p, optimizer_config),
+                                      abstract_params)
   state_shardings = TrainState(step=replicated, params=param_shardings,
-                               opt_state={"mu": param_shardings, "nu": param_shardings})
+                               opt_state=opt.state_shardings(abstract_opt_state, abstract_params,
+                                                             param_shardings, replicated))
   checkpointer = Checkpointer(workdir, keep=config.checkpoint.keep,
                               asynchronous=config.checkpoint.asynchronous)
   cleanup.callback(checkpointer.close)
   abstract_state = abstract_like(
       TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=abstract_params,
-                 opt_state={"mu": abstract_params, "nu": abstract_params}), state_shardings)
+                 opt_state=abstract_opt_state), state_shardings)
   # Another model's checkpoints (a changed shape) stop the run here, before the log below
   # writes its first line: resuming would otherwise start over and overwrite that run.
   checkpointer.check_compatible(abstract_state)
@@ -221,7 +227,8 @@ def _train_and_evaluate(config, workdir: str, chance, tasks: list[Task], mesh, m
 
   # ------------------------------------------------------------------ Schedule
   lengths = {t.name: loader_length(data[t.name].num_train_examples, t.batch_size) for t in tasks}
-  per_epoch = config.schedule.iterations_per_epoch or iterations_per_epoch(list(lengths.values()))
+  per_epoch = config.schedule.iterations_per_epoch or iterations_per_epoch(
+      list(lengths.values()), config.schedule.get("train_iter_multiplier", 1.0))
   dsg = config.dsg
   schedule = Schedule(
       task_names=[t.name for t in tasks], task_epoch_iterations=lengths,
@@ -233,29 +240,22 @@ def _train_and_evaluate(config, workdir: str, chance, tasks: list[Task], mesh, m
                     patience=dsg.patience, cooldown=dsg.cooldown,
                     train_iter_gap=dsg.train_iter_gap, reset_epochs=tuple(dsg.reset_epochs)))
   total = schedule.total_iterations
-  warmup = config.schedule.warmup_proportion * total
+  lr = options.learning_rate_schedule(config, total)
 
   # ------------------------------------------------------------------ Steps
-  optimizer_config = opt.OptimizerConfig(
-      base_lr=config.optimizer.base_lr, head_lr=config.optimizer.head_lr,
-      weight_decay=config.optimizer.weight_decay, b1=config.optimizer.b1,
-      b2=config.optimizer.b2, eps=config.optimizer.eps,
-      clip_grad_norm=config.optimizer.clip_grad_norm)
-  lrs = opt.learning_rates(abstract_params, optimizer_config)
-  decays = opt.weight_decays(abstract_params, optimizer_config)
   batch_sh = sharding.batch_sharding(mesh)
   train_steps = StepCache(
       lambda task: make_train_step(
           model.apply, task, StepSettings(optimizer_config, loss_scale(task, tasks),
-                                          config.optimizer.grad_accum_steps, rules),
-          lrs, decays, abstract_params),
+                                          config.optimizer.grad_accum_steps, rules,
+                                          model_config)),
       in_shardings=(state_shardings, batch_sh, replicated, replicated),
       out_shardings=(state_shardings, replicated), donate_argnums=(0,))
   # The "summed" schedule: one compiled step over every task of the run (all tasks step at
   # every iteration there, so there is exactly one combination to compile).
   summed_steps = jax.jit(make_summed_step(
-      model.apply, tasks, StepSettings(optimizer_config, 1.0, 1, rules),
-      {t.name: loss_scale(t, tasks) for t in tasks}, lrs, decays, abstract_params),
+      model.apply, tasks, StepSettings(optimizer_config, 1.0, 1, rules, model_config),
+      {t.name: loss_scale(t, tasks) for t in tasks}),
       in_shardings=(state_shardings, batch_sh, replicated, replicated),
       out_shardings=(state_shardings, replicated), donate_argnums=(0,))
   eval_steps = StepCache(lambda task: make_eval_step(model.apply, task, rules),
@@ -287,9 +287,12 @@ def _train_and_evaluate(config, workdir: str, chance, tasks: list[Task], mesh, m
     log.note(f"resumed from {checkpointer.directory}/{start_iteration}")
   else:
     start_iteration, host = 0, {}
-    state = initial_state(config, model, model_config, state_shardings, log.note)
+    state = initial_state(config, model, model_config, state_shardings, log.note,
+                          optimizer_config)
 
   schedule.load_json(host.get("schedule", {}))
+  if "lr_schedule" in host:
+    lr.load_json(host["lr_schedule"])
 
   iterators = {t.name: data[t.name].train_iterator() for t in tasks}
   for name, it_state in host.get("iterators", {}).items():
@@ -305,42 +308,50 @@ def _train_and_evaluate(config, workdir: str, chance, tasks: list[Task], mesh, m
   progress = tqdm.tqdm(total=total, initial=start_iteration, disable=not is_chief,
                        desc="train", unit="it", dynamic_ncols=True)
   iteration = start_iteration
+  live = {"state": state}
+
+  def train(names: list[str], lr_multiplier: float) -> None:
+    """One optimizer step over `names` (one task; every task for `summed`)."""
+    if schedule.kind == "summed":
+      live["state"] = _summed_iteration(names, summed_steps, live["state"], iterators, mesh,
+                                        base_key, iteration, lr_multiplier, pending, log,
+                                        task_by_name)
+      return
+    task = task_by_name[names[0]]
+    started = time.perf_counter()
+    batch = _device_batch(next(iterators[task.name]), mesh)
+    rng = jax.random.fold_in(jax.random.fold_in(base_key, iteration), task.task_id)
+    live["state"], metrics = train_steps(task)(live["state"], batch, rng,
+                                               np.float32(lr_multiplier))
+    _check_pending(pending, log)          # the previous step's loss, one step behind
+    pending.append((iteration, task.name, metrics))
+    log.accumulate(task.name, started, task.batch_size)
+
+  def evaluate(name: str) -> float:
+    _check_pending(pending, log, keep_last=False)   # never evaluate a diverged state
+    result = evaluate_task(data[name], eval_steps(task_by_name[name]), live["state"].params,
+                           mesh, config.eval_max_batches)
+    results[name] = dict(result, iteration=iteration + 1)
+    return result["score"]
+
   try:
     with jax.set_mesh(mesh):
       for iteration in range(start_iteration, total):
-        lr_multiplier = (opt.warmup_linear_python(iteration, warmup, total)
-                         if config.schedule.lr_scheduler == "warmup_linear" else 1.0)
-        if schedule.kind == "summed":
-          state = _summed_iteration(schedule.tasks_at(iteration), summed_steps, state,
-                                    iterators, mesh, base_key, iteration, lr_multiplier,
-                                    pending, log, task_by_name)
-        for name in ([] if schedule.kind == "summed" else schedule.tasks_at(iteration)):
-          task = task_by_name[name]
-          started = time.perf_counter()
-          batch = _device_batch(next(iterators[name]), mesh)
-          rng = jax.random.fold_in(jax.random.fold_in(base_key, iteration), task.task_id)
-          state, metrics = train_steps(task)(state, batch, rng, np.float32(lr_multiplier))
-          _check_pending(pending, log)          # the previous step's loss, one step behind
-          pending.append((iteration, name, metrics))
-          log.accumulate(name, started, task.batch_size)
+        lr_at_start = lr.multiplier * optimizer_config.base_lr
+        report = schedule.run_iteration(
+            iteration, lr, train, evaluate if config.eval_during_training else None)
         _check_pending(pending, log, keep_last=False)
-        log.train_iteration(iteration, lr_multiplier * optimizer_config.base_lr, schedule,
-                            last=iteration + 1 == total)
-
-        if config.eval_during_training:
-          for name in schedule.evaluates_at(iteration):
-            result = evaluate_task(data[name], eval_steps(task_by_name[name]), state.params,
-                                   mesh, config.eval_max_batches)
-            schedule.record_score(name, result["score"])
-            results[name] = dict(result, iteration=iteration + 1)
-            log.eval(iteration, name, result, schedule.controllers[name].to_json())
-        epoch = schedule.end_of_epoch(iteration)
-        if epoch is not None:
-          log.note(f"epoch {epoch} done at iteration {iteration + 1}")
+        log.train_iteration(iteration, lr_at_start, schedule, last=iteration + 1 == total)
+        for name, _, controller in report.evaluations:
+          log.eval(iteration, name, results[name], controller)
+        if report.epoch is not None:
+          log.note(f"epoch {report.epoch} done at iteration {iteration + 1}")
         progress.update(1)
+        state = live["state"]
 
         done = iteration + 1
         host_state = lambda: {"iteration": done, "schedule": schedule.to_json(),
+                              "lr_schedule": lr.to_json(),
                               "iterators": {n: it.get_state() for n, it in iterators.items()},
                               "results": results, "seed": config.seed}
         lock.check()   # a trainer that lost the workdir to another one saves nothing more
@@ -351,7 +362,8 @@ def _train_and_evaluate(config, workdir: str, chance, tasks: list[Task], mesh, m
         if done % config.checkpoint.every_iterations == 0 or done == total:
           checkpointer.save(done, state, host_state(), wait=done == total)
   except Preempted:
-    return RunResult(iteration + 1, results, state, train_steps.compilations(), preempted=True)
+    return RunResult(iteration + 1, results, live["state"], train_steps.compilations(),
+                     preempted=True)
   finally:
     progress.close()
     signal.signal(signal.SIGTERM, previous_handler)

@@ -1,9 +1,11 @@
 """Jit-compiled per-task training and evaluation steps, and the state they start from.
 
 One step per task (design decision 4): shapes are static per task, the state is donated, the
-step computes only the task's head, and the optimizer touches only the parameters the task's
-forward reaches (see `optimizer.py`). `StepCache` builds each step once and counts XLA
-compilations, so a recompilation after warm-up is visible (and fails a test).
+step computes only the task's head, and the optimizer (`optimizer.build`, an optax chain)
+touches only the parameters the task's loss reaches, plus, with `unused_params="torch1"`,
+those an earlier step reached (see `transforms.only_reached`). `StepCache` builds each step
+once and counts XLA compilations, so a recompilation after warm-up is visible (and fails a
+test).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import flax.linen as nn
 import flax.struct
 import jax
 import jax.numpy as jnp
+import optax
 
 from twelve_in_one import hostmem
 from twelve_in_one.models.vilbert import all_outputs, dummy_inputs
@@ -28,46 +31,67 @@ from twelve_in_one.train.objective import task_loss, task_outputs
 
 @flax.struct.dataclass
 class TrainState:
-  """Everything on device that a step changes: parameters, Adam moments, update count."""
+  """Everything on device that a step changes: parameters, optimizer state, update count."""
   step: jax.Array
   params: Any
   opt_state: Any
 
 
-def create_state(params: Any) -> TrainState:
+def create_state(params: Any, optimizer: opt.OptimizerConfig | None = None) -> TrainState:
   return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                    opt_state=opt.init_state(params))
+                    opt_state=opt.init_state(params, optimizer))
 
 
 @dataclasses.dataclass(frozen=True)
 class StepSettings:
-  """What a task's step needs besides the task: optimizer, scales, accumulation."""
+  """What a task's step needs besides the task: optimizer, scales, accumulation.
+
+  `model` (the model's config) is needed when the layers are stacked (`scan_layers`): the
+  optimizer's rules are decided per layer on the official names. `deterministic` trains with
+  dropout off, as the official fixtures' eval-mode runs did (the heads' dropout of 0.1 is
+  fixed, whatever the config's dropout).
+  """
   optimizer: opt.OptimizerConfig
   loss_scale: float = 1.0
   grad_accum_steps: int = 1
   rules: tuple = ()
+  model: Any = None
+  deterministic: bool = False
 
 
-def all_finite(params: Any, grad_norm: jax.Array, active: Any) -> jax.Array:
-  """Whether a step left the parameters and Adam moments finite (one bool on device).
+def all_finite(params: Any, grad_norm: jax.Array, changed: Any) -> jax.Array:
+  """Whether a step left the parameters and optimizer moments finite (one bool on device).
 
   The loop checks it with the step's loss before anything is saved: a finite loss can still
   come with an update that overflows (a huge learning rate), and the loss of the *next* step
   would expose that only after the poisoned state had been checkpointed. The moments need no
   pass of their own: from finite moments and a finite gradient AdamW makes finite moments, and
   the gradient's global norm, computed anyway, is finite only if every squared element is.
-  Parameters outside `active` did not change, so they are not scanned again. (On CPU, where
+  Parameters outside `changed` did not change, so they are not scanned again. (On CPU, where
   XLA does not fuse this pass into the update, it adds a quarter to a half of the update's
   time; scanning the moments too would add twice that.)
   """
   flags = [jnp.all(jnp.isfinite(leaf))
-           for leaf, on in zip(jax.tree.leaves(params), jax.tree.leaves(active)) if on]
+           for leaf, on in zip(jax.tree.leaves(params), jax.tree.leaves(changed)) if on]
   return jnp.all(jnp.stack([jnp.isfinite(grad_norm)] + flags))
 
 
-def _used_modules(task: Task) -> set[str]:
-  """Top-level parameter groups a task's forward reaches: the body and its own head."""
-  return {"bert", task.output}
+def _abstract(tree: Any) -> Any:
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), tree)
+
+
+def _changed(reached: Any, config: opt.OptimizerConfig) -> Any:
+  """The parameters an update may change: the reached ones, or with torch1 any of them."""
+  if config.unused_params == "skip":
+    return reached
+  return jax.tree.map(lambda _: True, reached)
+
+
+def _apply(settings: StepSettings, params: Any, grads: Any, opt_state: Any, reached: Any,
+           lr_multiplier: jax.Array) -> tuple[Any, Any]:
+  optimizer = opt.build(settings.optimizer, _abstract(params), reached, settings.model)
+  updates, opt_state = optimizer.update(grads, opt_state, params, lr_multiplier=lr_multiplier)
+  return optax.apply_updates(params, updates), opt_state
 
 
 def _accumulated_grads(loss_fn: Callable, params: Any, batch: dict, rng: jax.Array,
@@ -97,57 +121,59 @@ def _accumulated_grads(loss_fn: Callable, params: Any, batch: dict, rng: jax.Arr
   return (loss / steps, aux), jax.tree.map(lambda g: g / steps, grads)
 
 
-def make_train_step(apply_fn: Callable, task: Task, settings: StepSettings, lrs: Any,
-                    decays: Any, params_like: Any) -> Callable:
-  """The pure training step `(state, batch, rng, lr_multiplier) -> (state, metrics)`."""
-  active = opt.active_mask(params_like, _used_modules(task))
+def make_train_step(apply_fn: Callable, task: Task, settings: StepSettings) -> Callable:
+  """The pure training step `(state, batch, rng, lr_multiplier) -> (state, metrics)`.
+
+  The parameters the task's loss reaches are found when the step is traced
+  (`optimizer.reached_by`, on the micro-batch's shapes).
+  """
 
   def loss_fn(params, batch, rng):
-    return task_loss(apply_fn, params, task, batch, deterministic=False, rng=rng,
-                     loss_scale=settings.loss_scale)
+    return task_loss(apply_fn, params, task, batch, deterministic=settings.deterministic,
+                     rng=rng, loss_scale=settings.loss_scale)
 
   def step(state: TrainState, batch: dict, rng: jax.Array, lr_multiplier: jax.Array):
     with nn.logical_axis_rules(settings.rules):
+      micro = {k: jax.ShapeDtypeStruct((v.shape[0] // settings.grad_accum_steps,)
+                                       + v.shape[1:], v.dtype) for k, v in batch.items()}
+      reached = opt.reached_by(loss_fn, _abstract(state.params), micro, _abstract(rng))
       (_, aux), grads = _accumulated_grads(loss_fn, state.params, batch, rng,
                                            settings.grad_accum_steps)
-    params, opt_state = opt.apply_update(state.params, grads, state.opt_state, lr_multiplier,
-                                         config=settings.optimizer, lrs=lrs, decays=decays,
-                                         active=active)
+    params, opt_state = _apply(settings, state.params, grads, state.opt_state, reached,
+                               lr_multiplier)
     grad_norm = opt.global_norm(grads)
     metrics = {"loss": aux["loss"], "score": aux["scores"].mean(), "grad_norm": grad_norm,
-               "finite": all_finite(params, grad_norm, active)}
+               "finite": all_finite(params, grad_norm, _changed(reached, settings.optimizer))}
     return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
   return step
 
 
 def make_summed_step(apply_fn: Callable, tasks: list[Task], settings: StepSettings,
-                     loss_scales: dict[str, float], lrs: Any, decays: Any,
-                     params_like: Any) -> Callable:
+                     loss_scales: dict[str, float]) -> Callable:
   """One update from the summed, scaled losses of several tasks (the "summed" schedule).
 
   `(state, batches: {task: batch}, rng, lr_multiplier) -> (state, {task: metrics})`. The
   alternative to the reference's sequential per-task updates: one gradient, one Adam step.
   """
-  used = set().union(*(_used_modules(t) for t in tasks))
-  active = opt.active_mask(params_like, used)
 
   def step(state: TrainState, batches: dict, rng: jax.Array, lr_multiplier: jax.Array):
-    def loss_fn(params):
+    def loss_fn(params, batches):
       total, auxes = 0.0, {}
       for task in tasks:
         with nn.logical_axis_rules(settings.rules):
           scaled, aux = task_loss(apply_fn, params, task, batches[task.name],
-                                  deterministic=False, rng=jax.random.fold_in(rng, task.task_id),
+                                  deterministic=settings.deterministic,
+                                  rng=jax.random.fold_in(rng, task.task_id),
                                   loss_scale=loss_scales[task.name])
         total, auxes[task.name] = total + scaled, aux
       return total, auxes
 
-    (_, auxes), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    params, opt_state = opt.apply_update(state.params, grads, state.opt_state, lr_multiplier,
-                                         config=settings.optimizer, lrs=lrs, decays=decays,
-                                         active=active)
-    finite = all_finite(params, opt.global_norm(grads), active)
+    reached = opt.reached_by(loss_fn, _abstract(state.params), _abstract(batches))
+    (_, auxes), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batches)
+    params, opt_state = _apply(settings, state.params, grads, state.opt_state, reached,
+                               lr_multiplier)
+    finite = all_finite(params, opt.global_norm(grads), _changed(reached, settings.optimizer))
     metrics = {name: {"loss": aux["loss"], "score": aux["scores"].mean(), "finite": finite}
                for name, aux in auxes.items()}
     return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
@@ -167,7 +193,8 @@ def make_eval_step(apply_fn: Callable, task: Task, rules: tuple = ()) -> Callabl
 
 
 def initial_state(config, model, model_config, state_shardings,
-                  note: Callable[[str], None]) -> TrainState:
+                  note: Callable[[str], None],
+                  optimizer: opt.OptimizerConfig | None = None) -> TrainState:
   """Fresh parameters (born sharded), optionally overwritten from an init checkpoint.
 
   Parameters and moments come from two programs: one program making both held the random
@@ -178,12 +205,13 @@ def initial_state(config, model, model_config, state_shardings,
   init = jax.jit(lambda key: _unboxed_init(model, key), out_shardings=state_shardings.params)
   params = init(jax.random.key(config.seed))
   hostmem.release_free_memory()
-  state = jax.jit(create_state, out_shardings=state_shardings, donate_argnums=0)(params)
+  make = functools.partial(create_state, optimizer=optimizer)
+  state = jax.jit(make, out_shardings=state_shardings, donate_argnums=0)(params)
   if config.init.checkpoint or config.init.bert:
     from twelve_in_one.train.init_checkpoint import load_init_params
     params, report = load_init_params(config, model_config, jax.device_get(state.params))
     note(report)
-    state = jax.device_put(create_state(params), state_shardings)
+    state = jax.device_put(make(params), state_shardings)
   return state
 
 
