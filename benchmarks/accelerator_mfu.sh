@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The prepared accelerator measurement of issue 8 (BENCHMARKS.md, "Accelerators"): the base
+# The accelerator measurement (BENCHMARKS.md, "Accelerators"): the base
 # VQA training step and its inference in bfloat16 at batches that fill an H200, with MFU
 # against 790 TFLOP/s, the bf16 matmul rate measured on such a machine.
 #

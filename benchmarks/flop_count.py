@@ -1,7 +1,7 @@
 """GEMM FLOPs of the ViLBERT step: a hand count per part, and the dots of a compiled HLO module.
 
 Used by `train_step.py` to turn step times into FLOP/s. The hand count is the convention of
-the issue-8 anchor (68.6 GFLOP per VQA training example, GEMMs only).
+the official-code anchor (68.6 GFLOP per VQA training example, GEMMs only).
 """
 
 from __future__ import annotations

@@ -29,7 +29,7 @@ FLOPs per example are XLA's (`compiled.cost_analysis()["flops"]`: every op, GEMM
 element-wise work), the dot FLOPs read from the compiled HLO, and a hand count of the GEMMs
 (`gemm_flops` below, printed per part). "Achieved" uses the hand-counted GEMM FLOPs of what
 our step runs (a pooled-only task's last layers at position 0 only: 63.4 GFLOP per VQA training
-example), the same convention as the official-code anchor in issue 8 (68.6 GFLOP per training
+example), the same convention as the official-code anchor (68.6 GFLOP per training
 example, GEMMs only, every layer in full and the pretraining heads). With `--peak_tflops`
 (e.g. 790 for an H200 in bf16) the MFU is printed too.
 
@@ -37,8 +37,8 @@ example, GEMMs only, every layer in full and the pretraining heads). With `--pea
 same batch in a fresh process (`official_step.py`): the official model, loss, backward and
 `pytorch_transformers` AdamW re-expressed op for op in `official_torch.py`, which
 `tests/test_official_torch.py` checks against the fixture made by running the official code.
-That turns issue 8's "ratio to the official code, measured within one run" into a measurement
-on whatever machine this runs on.
+That gives the ratio to the official code measured within one run, on whatever machine this
+runs on.
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ from step_setup import donated_train_step
 from process_stats import (child_env, fmt_table, peak_rss_gib, peak_rss_since_reset_gib,
                            reset_peak_rss, usage_since, usage_snapshot)
 
-# The issue-8 anchor: the official PyTorch code on another 2-core CPU (AVX-512, 2026-11-29). The
+# The anchor: the official PyTorch code on another 2-core CPU (AVX-512, 2026-11-29). The
 # same-run comparison on this machine is `--official`.
 ANCHOR = {
     ("train", 8): {"examples_per_s": 1.94, "step_s": 4.13, "peak_rss_gib": 5.4},
@@ -299,7 +299,7 @@ def print_results(results: list[dict], peak_tflops: float) -> None:
   print("\nSpeed and memory (median over the timed steps; compile = lower + XLA compile):")
   print(fmt_table(["mode", "task", "batch", "dtype", "huge pages", "median s/step",
                    "min-max s", "steps",
-                   "examples/s", "vs issue-8 anchor", "peak RSS GiB", "steps' peak", "vs anchor",
+                   "examples/s", "vs anchor", "peak RSS GiB", "steps' peak", "vs anchor",
                    "compile s"], speed))
   print("\nCost per example (GFLOP) and rates (GFLOP/s; achieved = hand GEMM count x "
         "examples/s; matmul = best jnp.dot float32 "

@@ -15,7 +15,7 @@ from twelve_in_one.tasks import model_inputs
 from twelve_in_one.train.objective import task_loss, task_outputs
 
 # The official `bert_base_6layer_6conect` VILBertForVLTasks with task tokens and the
-# pretraining heads, the tied MLM decoder counted once (spec §1.11).
+# pretraining heads, the tied MLM decoder counted once.
 OFFICIAL_BASE_PARAMS = 268_028_859
 # What we leave out because the official forward never uses it:
 # q_dense1 (1024->1024) and q_dense2 (1024->768) in each of the 6 co-attention blocks ...

@@ -2,7 +2,7 @@
 
 The official datasets call ``BertTokenizer.encode(text)`` (word pieces, no
 special tokens), keep the first ``max_seq_length - 2`` pieces, add
-``[CLS] ... [SEP]``, and right-pad with id 0 (reference section 4.3). We use
+``[CLS] ... [SEP]``, and right-pad with id 0, as the official datasets do. We use
 the Rust ``tokenizers`` BertWordPieceTokenizer, lower-casing and stripping
 accents like the uncased BERT tokenizer, over the standard bert-base-uncased
 vocabulary.

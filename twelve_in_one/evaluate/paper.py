@@ -1,8 +1,7 @@
 """The paper's numbers (Lu et al., CVPR 2020, Table 2) beside ours, as Markdown and JSON.
 
-Each task's numbers are its registry entry's `paper` field (`registry.PaperResult`), with the
-provenance tags of the project's research notes (`spec/results.md` §1), because most of them
-were recalled rather than re-read from the paper:
+Each task's numbers are its registry entry's `paper` field (`registry.PaperResult`), each with
+a provenance tag, because most of them were recalled rather than re-read from the paper:
 
 * `3p`: confirmed by a secondary source (a Papers-with-Code mirror); shown with ✓.
 * `R`: recalled from the paper, not re-read against its text; shown with *.
@@ -23,7 +22,7 @@ CONFIRMED_TAGS = ("3p", "code")
 
 # Task name -> the paper's numbers, for every registered task the paper reports.
 PAPER: Mapping[str, PaperResult] = TaskTable(lambda task: task.paper)
-# The 12-task means of the recalled cells (spec/results.md), for the table's last row.
+# The 12-task means of the recalled cells, for the table's last row.
 PAPER_AVERAGE = {"st": 67.25, "at": 69.08, "at_ft": 70.25}
 
 
@@ -61,7 +60,7 @@ def paper_table(results: Mapping[str, Mapping[str, Mapping[str, Any]]]
   lines = ["| task | metric | paper split | ST | AT (one model) | AT→FT | ours |",
            "|---|---|---|---|---|---|---|"]
   data: dict[str, Any] = {"tasks": {}, "legend": {
-      "✓": "confirmed by a secondary source (spec/results.md tag [3p])",
+      "✓": "confirmed by a secondary source (tag [3p])",
       "*": "recalled from the paper, not re-read (tag [R]); provisional",
       "server": "no ground truth locally; submit the file in submissions/"}}
   for task, splits in results.items():
@@ -86,8 +85,8 @@ def paper_table(results: Mapping[str, Mapping[str, Mapping[str, Any]]]
             else "(needs server scores)")
     lines.append(f"| **12-task average** | | | {PAPER_AVERAGE['st']:.2f} * | "
                  f"{PAPER_AVERAGE['at']:.2f} * | {PAPER_AVERAGE['at_ft']:.2f} * | {mean} |")
-  lines += ["", "✓ confirmed by a secondary source; * recalled from the paper, provisional "
-            "(spec/results.md). ST: 12 single-task models; AT: one multi-task model; AT→FT: "
+  lines += ["", "✓ confirmed by a secondary source; * recalled from the paper, provisional"
+            ". ST: 12 single-task models; AT: one multi-task model; AT→FT: "
             "fine-tuned per task. ours: every split evaluated, the paper's first; 'server': no "
             "local ground truth (see submissions/)."]
   return "\n".join(lines) + "\n", data

@@ -17,7 +17,7 @@ Ranks and the tie rule. Rank 1 is the best. A caption's image rank is 1 + the nu
 retrieval (image -> caption) ranks an image's captions the same way and takes its
 best-ranked caption (an image has 5): 1 + the number of captions of *other* images that score
 at least as high as its best caption. The official code reports image retrieval only
-(reference §5); text retrieval is the standard second direction.
+(the official `eval_retrieval.py`); text retrieval is the standard second direction.
 
 COCO 5k versus 1k is only the size of the image set: rank over the first N images of the split
 (`limit_images`) with the captions of those images.

@@ -5,7 +5,7 @@
 * GQA (EvalAI, test-dev / submission): a JSON list `[{"questionId": str, "prediction": str},
   ...]`, question ids as strings.
 
-Both are what the official `eval_tasks.py` writes (reference §5). The checks are written out
+Both are what the official `eval_tasks.py` writes. The checks are written out
 here (no JSON-schema dependency) and run on every file before it is written, so a file that
 the server would reject is never produced; their errors name the entry and the field.
 """

@@ -1,6 +1,6 @@
 """Hugging Face BERT checkpoints -> the text stream and masked-LM head of our ViLBERT.
 
-The official training starts from bert-base-uncased (spec §1.10): `from_pretrained` fills every
+The official training starts from bert-base-uncased: `from_pretrained` fills every
 parameter whose name matches a BERT parameter and leaves the rest (visual stream, co-attention,
 poolers, heads) at their random init. We do the same:
 

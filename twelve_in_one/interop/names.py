@@ -1,6 +1,6 @@
-"""Parameter names: our Flax tree <-> the official PyTorch state-dict names (spec §7).
+"""Parameter names: our Flax tree <-> the official PyTorch state-dict names.
 
-Our tree mirrors the official module tree (design decision 2), so the mapping is mechanical:
+Our tree mirrors the official module tree, so the mapping is mechanical:
 
 * `layer_3`, `v_layer_0`, `c_layer_5`, `logit_fc_2` <-> `layer.3`, `v_layer.0`, `c_layer.5`,
   `logit_fc.2` (Flax names cannot hold dots);

@@ -57,7 +57,7 @@ from twelve_in_one.models.pretraining import PRETRAINING_SCORES, ViLBertForPretr
 from twelve_in_one.pretrain import losses as pretrain_losses
 
 # Fixture input name -> our keyword argument. `co_attention_mask` is not passed: it has no
-# effect in the official forward (spec §1.6).
+# effect in the official forward.
 INPUTS = {"input_ids": "input_ids", "token_type_ids": "segment_ids",
           "attention_mask": "input_mask", "image_feat": "image_feat",
           "image_loc": "image_loc", "image_mask": "image_mask"}

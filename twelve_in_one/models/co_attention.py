@@ -1,6 +1,6 @@
 """The co-attention block (`BertConnectionLayer`): each stream attends to the other.
 
-Spec §1.6. Index 1 is the visual stream and index 2 the text stream, as in the reference:
+As the official `BertBiAttention`. Index 1 is the visual stream and index 2 the text stream, as in the reference:
 
 * `biattention`: `query1/key1/value1` project the visual states (v_hidden -> bi_hidden),
   `query2/key2/value2` the text states (hidden -> bi_hidden). Text queries attend over visual

@@ -13,7 +13,7 @@ import json
 import os
 from typing import Any, Mapping, Sequence
 
-# Keys present in official JSON configs that the official model itself never reads (§1.1), and
+# Keys present in official JSON configs that the official model itself never reads, and
 # runtime switches of the official *scripts* that do not change the parameters or the math of
 # `VILBertForVLTasks.forward` in the way we run it. They are accepted and ignored.
 IGNORED_OFFICIAL_KEYS = frozenset({
@@ -202,7 +202,7 @@ class ViLBertConfig:
         unknown.append(key)
     if unknown:
       raise ValueError(f"{source}: unknown config key(s) {sorted(unknown)}; expected keys of "
-                       "the official BertConfig (see spec §1.1)")
+                       "the official BertConfig")
     if values.get("model", "bert") != "bert":
       raise ValueError(f"{source}: model={values['model']!r}; only the BERT text stream "
                        "('bert') is supported")

@@ -1,4 +1,4 @@
-"""Text embeddings with the task token, and region (image) embeddings. Spec §1.2, §1.3."""
+"""Text embeddings with the task token, and region (image) embeddings, as the official model builds them."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """The two-stream encoder and its poolers: the reference's `BertModel` (parameter prefix `bert`).
 
-Encoder schedule (spec §1.4), driven by `v_biattention_id` / `t_biattention_id`: for each pair
+Encoder schedule (the official `BertEncoder.forward`), driven by `v_biattention_id` / `t_biattention_id`: for each pair
 (v_id, t_id), run the text layers up to t_id, then the visual layers up to v_id, then one
 co-attention block; afterwards the remaining visual layers, then the remaining text layers.
 For the released 6/6 config that is

@@ -1,4 +1,4 @@
-"""Task heads and pretraining heads. Spec §1.10 and §2.
+"""Task heads and pretraining heads, as the official `VILBertForVLTasks` and `BertPreTrainingHeads`.
 
 Task heads read the fused vector `pooled = dropout(pooled_t * pooled_v)` (bi_hidden wide),
 except `vision_logit`, which reads every visual position.

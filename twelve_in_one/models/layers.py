@@ -1,6 +1,6 @@
 """Building blocks shared by both streams: Dense with logical axes, LayerNorm, GELU, attention.
 
-Everything here reproduces the official PyTorch numerics (spec §1.5, §8):
+Everything here reproduces the official PyTorch numerics:
 * LayerNorm is the TF-style `BertLayerNorm`: biased variance of the centred input, eps inside
   the square root (1e-12), then `scale * x + bias`. Flax's `nn.LayerNorm` computes the variance
   as E[x²]-E[x]², which rounds differently, so it is not used.

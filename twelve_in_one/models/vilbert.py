@@ -8,7 +8,7 @@
     out["vil_prediction"]          # [B, 3129]
 
 Only the outputs asked for are computed (the reference computes all ten on every forward).
-Names and shapes are the reference's (spec §2):
+Names and shapes are the official model's:
 
 | output | shape | head |
 |---|---|---|

@@ -1,4 +1,4 @@
-"""Task losses, exactly as the reference reduces and scales them (spec §2, fixture README §1).
+"""Task losses, exactly as the official code reduces and scales them.
 
 Every loss is a pure jnp function `(logits, batch...) -> scalar`:
 

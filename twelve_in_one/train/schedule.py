@@ -1,6 +1,6 @@
 """Which tasks step at each iteration, when each is evaluated, and the order of it all.
 
-The schedule lives on the host and its whole state is plain JSON (design decision 5):
+The schedule lives on the host and its whole state is plain JSON:
 
 * `round_robin` (the official `train_tasks.py`): every iteration visits the tasks in order and
   each task that is not stopped takes one optimizer step; a stopped task still steps on

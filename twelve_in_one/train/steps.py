@@ -1,6 +1,6 @@
 """Jit-compiled per-task training and evaluation steps, and the state they start from.
 
-One step per task (design decision 4): shapes are static per task, the state is donated, the
+One step per task: shapes are static per task, the state is donated, the
 step computes only the task's head, and the optimizer (`optimizer.build`, an optax chain)
 touches only the parameters the task's loss reaches, plus, with `unused_params="torch1"`,
 those an earlier step reached (see `transforms.only_reached`). `StepCache` builds each step

@@ -1,6 +1,6 @@
 """The paper's main comparison in miniature: one multi-task model against single-task models.
 
-12-in-1's headline result (its Table 2, `spec/results.md`) sets one model trained on all tasks
+12-in-1's headline result (its Table 2) sets one model trained on all tasks
 against one model per task. `run_study` repeats that comparison with any training config:
 
 * the multi-task run trains every task of `config.tasks` together (round-robin, task tokens,

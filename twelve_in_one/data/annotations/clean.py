@@ -2,8 +2,7 @@
 
 With ``--clean_train_sets True`` (the official default) every dataset removes
 from its training split the images listed in
-``<dataroot>/cache/{coco,genome,flickr}_test_ids.npy`` (reference section
-4.4), so no task trains on another task's test images. The official
+``<dataroot>/cache/{coco,genome,flickr}_test_ids.npy``, so no task trains on another task's test images. The official
 ``mteval`` split is the complement: exactly the removed training images.
 """
 

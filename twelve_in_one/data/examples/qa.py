@@ -1,6 +1,6 @@
 """Example builders of the classification tasks: VQA, VG-QA, GQA, NLVR2, SNLI-VE.
 
-As the official dataset classes build them (reference section 4.5):
+As the official dataset classes build them:
 
 * **VQA / VG-QA / GQA** (`vqa_dataset.py`, `visual_genome_dataset.py`, `gqa_dataset.py`): the
   question, one image's detected regions (global first, at most `max_region_num`), and a soft

@@ -1,6 +1,6 @@
 """Where the generated release puts every file, and the generator's settings.
 
-The paths mirror the official release (reference sections 3 and 4): they are
+The paths mirror the official release: they are
 the task registry's (``twelve_in_one.tasks.registry``: each task's
 ``dataroot``, ``features`` and ``gt_features``, relative to the release's
 ``datasets/`` folder), seen through the tables below.

@@ -1,6 +1,6 @@
 """Writers of the three QA datasets in the release formats (VQA, VG-QA, GQA).
 
-Files (reference section 4.5, readers in ``data/annotations``):
+Files (readers in ``data/annotations``):
 
 * ``VQA/``: ``v2_OpenEnded_mscoco_{train,val}2014_questions.json``,
   ``v2_OpenEnded_mscoco_test2015_questions.json``,

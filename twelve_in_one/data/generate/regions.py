@@ -1,7 +1,7 @@
 """Detector-like region boxes for a scene: a simulated top-N detection list.
 
 The release's boxes come from a Faster R-CNN that keeps its top 100 boxes by
-confidence (reference section 4.1). We imitate what such a list looks like,
+confidence. We imitate what such a list looks like,
 without running a detector:
 
 * every object gets one well-placed box (its tight box, each side moved by

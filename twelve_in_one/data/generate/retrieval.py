@@ -6,7 +6,7 @@ that differ in one attribute of one object; three of the five captions of
 both twins mention that object, so a twin's caption is a hard negative that
 differs from a true caption in one attribute only.
 
-Files under each dataroot (reference section 4.5):
+Files under each dataroot:
 
 * ``all_data_final_train_2014.jsonline`` / ``all_data_final_test_set0_2014.jsonline``
   (train / val): ``{"sentences": [5 captions], "id", "img_path"}``; COCO
