@@ -1,7 +1,8 @@
 """Dynamic Stop-and-Go: the reference's `MultiTaskStopOnPlateau`, as plain checkpointable data.
 
-As the official `train_tasks.py` (checked against its recorded DSG trace). One controller per task, stepped with the task's
-validation score (higher is better) each time the task is evaluated:
+As the official `train_tasks.py` runs it (checked against its recorded DSG trace). One
+controller per task, stepped with the task's validation score (higher is better) each time
+the task is evaluated:
 
 1. improvement if `score > best * (1 + threshold)`: `best = score`, `num_bad_epochs = 0`;
    otherwise `num_bad_epochs += 1`;
