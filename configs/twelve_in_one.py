@@ -103,8 +103,8 @@ def get_config(arg=None):
 
   # `vocab_size` 0 keeps the preset's (30522, bert-base-uncased, except `tiny`); `dropout`
   # -1 keeps the preset's (BERT's 0.1), otherwise it sets all four dropout probabilities;
-  # `remat` recomputes layers in the backward pass: "all" (or True) every layer (the step's
-  # temporaries 3.69 -> 0.69 GiB at batch 32 on CPU, for one more forward's compute), or a
+  # `remat` recomputes layers in the backward pass: "all" (or True) every layer (a fraction
+  # of the step's temporaries, for one more forward's compute), or a
   # comma-separated subset of "text", "visual", "coattention"; "none" keeps every activation
   # (see BENCHMARKS.md). A string, so that `--config.model.remat=coattention` parses.
   # `scan_layers` runs the encoder's layers as `nn.scan`s over stacked parameters

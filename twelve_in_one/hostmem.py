@@ -1,11 +1,11 @@
 """Host memory behaviour of a training process on Linux/glibc: huge pages and trimming.
 
 XLA:CPU allocates every executable's temporaries afresh on each call and frees them after.
-glibc serves allocations that large with `mmap` and returns them with `munmap`, so each base
-training step at batch 8 touched ~1.3 GiB of brand-new 4 KiB pages: ~330,000 page faults and
-1-13% of the step (measured, BENCHMARKS.md). Asking glibc to back its memory with
-transparent huge pages (the `glibc.malloc.hugetlb=1` tunable, glibc >= 2.35, honoured where
-THP is `madvise` or `always`) makes that ~4,000 faults. glibc reads its tunables only when a
+glibc serves allocations that large with `mmap` and returns them with `munmap`, so each
+training step touches its temporaries as brand-new 4 KiB pages, one page fault each (their
+count and cost are in BENCHMARKS.md). Asking glibc to back its memory with transparent huge
+pages (the `glibc.malloc.hugetlb=1` tunable, glibc >= 2.35, honoured where THP is `madvise`
+or `always`) cuts the faults about a hundredfold. glibc reads its tunables only when a
 process starts, so the commands that train (`train`, `study`) re-execute themselves once with
 the tunable set, when the run will compute on the CPU. On TPU and GPU a step's temporaries live
 in device memory, so the re-exec would only cost a start-up; the other commands (`eval`,
@@ -118,8 +118,8 @@ def reexec_with_huge_pages(argv: Sequence[str] | None = None) -> None:
 def release_free_memory() -> None:
   """Returns the allocator's free pages to the OS (glibc `malloc_trim`), e.g. after compiling.
 
-  Compiling the base model's step leaves ~0.3 GiB of freed compiler memory resident (0.92 -> 0.63 GiB); trimming
-  it before the training state is allocated lowers the process's peak by as much.
+  Compiling a step leaves the compiler's freed memory resident; trimming it before the
+  training state is allocated lowers the process's peak by as much (BENCHMARKS.md).
   """
   if _is_glibc_linux():
     try:

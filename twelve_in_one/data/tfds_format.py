@@ -156,8 +156,8 @@ class RecordDecoder:
 
   Equivalent to the TFDS source's decoding for the features of this module (BYTES tensors,
   int64 scalars, text) but without its generic per-feature machinery and copies: tensors are
-  zero-copy views of the record's bytes. It is 1.5x faster on image records and matters at
-  thousands of examples per second; `test_pipeline` checks it against TFDS decoding.
+  zero-copy views of the record's bytes, which matters at thousands of examples per second
+  (BENCHMARKS.md, input pipeline); `test_pipeline` checks it against TFDS decoding.
   """
 
   def __init__(self, features: _F.FeaturesDict) -> None:

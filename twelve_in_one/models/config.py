@@ -106,7 +106,7 @@ class ViLBertConfig:
   # kept, and the layer is recomputed once the cotangent from above exists, for one more
   # forward of that layer. Same parameters, the same dropout masks and the same function; an
   # option for large batches. `True` or "all" recomputes every text, visual and co-attention
-  # layer (on CPU the base step's temporaries fall from 3.69 to 0.69 GiB at batch 32); a
+  # layer (on CPU the step's temporaries fall about fivefold; BENCHMARKS.md); a
   # comma-separated subset of "text", "visual", "coattention" recomputes those kinds only,
   # trading less memory for less recompute and a smaller program (BENCHMARKS.md); `False`,
   # "" or "none" recomputes nothing.
@@ -116,9 +116,9 @@ class ViLBertConfig:
   # with their text and visual layers as another, so the compiled step holds one body per
   # kind instead of one per layer. Same function; the parameter tree has a leading `layers`
   # axis on the stacked leaves (interop converts to and from the official per-layer names).
-  # Off by default: on the CPU the scanned `base` step compiles 12-55% faster with a 0.55-0.6x
-  # executable, but steps 4-12% slower with 0.44-0.52 GiB more peak RSS at batch 8 (its
-  # stacked gradients are live at once; BENCHMARKS.md). Recommended on TPU and GPU.
+  # Off by default: on the CPU the scanned step compiles faster into a smaller executable,
+  # but steps slower with a higher peak (its stacked gradients are live at once;
+  # BENCHMARKS.md). The accelerator configs turn it on.
   scan_layers: bool = False
 
   def __post_init__(self):

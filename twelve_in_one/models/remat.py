@@ -4,8 +4,8 @@
 backward pass, but the recomputation depends only on those stored inputs. On backends whose
 schedulers do not honour the optimization barrier it leaves (XLA:CPU removes it before
 scheduling), the scheduler is free to run every layer's recomputation early and keep all the
-activations alive: the step's temporaries were 3.69 GiB at batch 32 with and without
-`nn.remat` (BENCHMARKS.md). Here the backward rule instead makes the recomputation's inputs a
+activations alive: the step's temporaries were the same with and without `nn.remat`
+(BENCHMARKS.md). Here the backward rule instead makes the recomputation's inputs a
 data dependency of the cotangent arriving from the layers above (`x + 0 * g[0]`, exact for any
 finite `g`), so no schedule can start it before that layer's backward turn.
 

@@ -1,8 +1,7 @@
 """The encoder's layers as `nn.scan`s over stacked parameters (`config.scan_layers`).
 
-Unrolled, the compiled step holds one copy of the code per layer: 24 layers of the `base`
-encoder made about 0.35 of the step's 0.42 GiB of executable and most of its compile time
-(BENCHMARKS.md). Scanned as MaxText scans its decoder layers, it holds one body per stack.
+Unrolled, the compiled step holds one copy of the code per layer: the 24 layers of the `base`
+encoder make most of the step's executable and of its compile time (BENCHMARKS.md). Scanned as MaxText scans its decoder layers, it holds one body per stack.
 
 The plan (`scan_plan`) follows the official schedule (`encoder.encoder_schedule`). Co-attention
 block k is preceded by its text layers [t_biattention_id[k-1], t_biattention_id[k]) and its
@@ -31,14 +30,13 @@ names stay per layer (`interop/official.py` converts through the unrolled layout
 
 `config.remat` recomputes the named layer kinds inside the scan with `nn.remat` and the
 `nothing_saveable` policy. Inside a scan's loop XLA cannot hoist a step's recomputation out of
-its backward iteration, so the plain `jax.checkpoint` saves memory there, on XLA:CPU too (the
-`base` step's temporaries: 1.77 -> 1.08 GiB at batch 8, against 1.06 -> 0.28 for the unrolled
-step with `models/remat.py`). The unrolled layers outside the stacks keep `models/remat.py`.
+its backward iteration, so the plain `jax.checkpoint` saves memory there, on XLA:CPU too,
+though less than `models/remat.py` saves in the unrolled step (BENCHMARKS.md). The unrolled
+layers outside the stacks keep `models/remat.py`.
 
 What scanning costs: the stacked layers' gradients are whole arrays, live together before the
-optimizer reads them (0.67 GiB for `base` in float32), where the unrolled step can update each
-layer as soon as its gradient exists; on the CPU that, and the loop, make the step 4-12%
-slower (BENCHMARKS.md). Parameter init draws other values than the unrolled model for the same
+optimizer reads them, where the unrolled step can update each layer as soon as its gradient
+exists; on the CPU that, and the loop, make the step slower (BENCHMARKS.md). Parameter init draws other values than the unrolled model for the same
 seed (keys are split per step); `interop.official.official_init` does not depend on the layout.
 """
 

@@ -198,8 +198,8 @@ def initial_state(config, model, model_config, state_shardings,
   """Fresh parameters (born sharded), optionally overwritten from an init checkpoint.
 
   Parameters and moments come from two programs: one program making both held the random
-  init's temporaries and all three trees at once: for `base` it peaked at 5.42 GiB, above the
-  training step's own 4.89 GiB; two programs peak at 3.78 (`benchmarks/memory_phases.py`).
+  init's temporaries and all three trees at once, and for `base` peaked above the training
+  step itself (`benchmarks/memory_phases.py`, BENCHMARKS.md).
   The values are the same either way. `note` receives the init checkpoint's report.
   """
   init = jax.jit(lambda key: _unboxed_init(model, key), out_shardings=state_shardings.params)
