@@ -1,24 +1,29 @@
-"""The official PyTorch model and VQA training step, re-expressed for same-run speed comparisons.
+"""The official PyTorch model, optimizers and VQA training step, re-expressed.
 
-Issue 8 sets its goals as ratios to the official code *measured within one run*, but the
-official code (facebookresearch/vilbert-multi-task) is not installed on our machines and its
-anchor figures were taken on a different CPU. This module re-expresses, op for op, what the
-official code runs for one VQA training step, so `benchmarks/train_step.py --official` can time
-it in the same run as ours:
+The speed goals are ratios to the official code *measured within one run*, but the official
+code (facebookresearch/vilbert-multi-task) is not installed on our machines and its anchor
+figures were taken on a different CPU. This module re-expresses, op for op, what the official
+code runs for one VQA training step, so `benchmarks/train_step.py --official` can time it in
+the same run as ours; the tests also use it as the official reference where no fixture covers
+an option (`dynamic_attention`, `fusion_method="sum"`, RAdam, torch 1.x's `zero_grad()`):
 
 * `OfficialViLBert`: `VILBertForVLTasks` with the official parameter names (a released
   `state_dict` loads with `strict=True`), the official computation order and its unfused ops:
   separate Q/K/V `Linear`s, `transpose_for_scores`, the python erf-GELU, the fallback
   `BertLayerNorm` (apex absent), additive -10000 masks, and **every head**, the pretraining
-  heads included, in every forward (the official forward always computes them all);
+  heads included, in every forward (the official forward always computes them all), with
+  the config's `fusion_method` and `dynamic_attention`;
 * `OfficialAdamW`: `pytorch_transformers` 1.2.0 `AdamW(correct_bias=False)`, a python loop over
-  one param group per parameter, as `train_tasks.py` builds them;
+  one param group per parameter, as `train_tasks.py` builds them; `OfficialRAdam`, its
+  `--optim RAdam`;
 * `vqa_training_step`: `ForwardModelsTrain` for a VL-classifier task (BCE mean x 3129, batch
-  score), the loss scale, `backward()`, `optimizer.step()`, `model.zero_grad()`.
+  score), the loss scale, `backward()`, `optimizer.step()`, `model.zero_grad()` (torch 1.x's
+  zeroing, or torch 2's `set_to_none`).
 
-`official_step.py` times it in a process of its own. `tests/test_official_torch.py` checks it against the fixture made by running the official code
-(`shared/fixtures/vilbert_tiny`): every forward output, every gradient of the VQA loss and the
-parameters after 1 and 3 optimizer steps. It imports only torch and numpy, so a process timing
+`official_step.py` times it in a process of its own. `tests/test_official_torch.py` checks it
+against the fixture made by running the official code (`shared/fixtures/vilbert_tiny`): every
+forward output, every gradient of the VQA loss and the parameters after 1 and 3 optimizer
+steps. It imports only torch and numpy, so a process timing
 it carries none of JAX's memory.
 """
 
@@ -86,38 +91,51 @@ def _attend(query, key, value, mask, num_heads: int, dropout: nn.Dropout) -> tor
 
 
 class _SelfAttention(nn.Module):
-  def __init__(self, width: int, num_heads: int, dropout: float):
+  """With `text_width` (the visual layers under `dynamic_attention`), `BertImageSelfAttention`:
+  queries and keys gated by 1 + sigmoid(dyLinear(masked mean of the text states))."""
+
+  def __init__(self, width: int, num_heads: int, dropout: float, text_width: int = 0):
     super().__init__()
     self.num_heads = num_heads
     self.query, self.key, self.value = (nn.Linear(width, width) for _ in range(3))
+    if text_width:
+      self.dyLinear_q, self.dyLinear_k = nn.Linear(text_width, width), nn.Linear(text_width,
+                                                                                 width)
+    self.dynamic = bool(text_width)
     self.dropout = nn.Dropout(dropout)
 
-  def forward(self, x, mask):
-    return _attend(self.query(x), self.key(x), self.value(x), mask, self.num_heads, self.dropout)
+  def forward(self, x, mask, text=None, text_keep=None):
+    query, key = self.query(x), self.key(x)
+    if self.dynamic:
+      pooled = (text * text_keep).sum(1) / text_keep.sum(1)
+      query = query * (1 + torch.sigmoid(self.dyLinear_q(pooled))).unsqueeze(1)
+      key = key * (1 + torch.sigmoid(self.dyLinear_k(pooled))).unsqueeze(1)
+    return _attend(query, key, self.value(x), mask, self.num_heads, self.dropout)
 
 
 class _Attention(nn.Module):
-  def __init__(self, width: int, num_heads: int, attn_dropout: float, dropout: float):
+  def __init__(self, width: int, num_heads: int, attn_dropout: float, dropout: float,
+               text_width: int = 0):
     super().__init__()
-    self.self = _SelfAttention(width, num_heads, attn_dropout)
+    self.self = _SelfAttention(width, num_heads, attn_dropout, text_width)
     self.output = _Dense(width, width, dropout, residual=True)
 
-  def forward(self, x, mask):
-    return self.output(self.self(x, mask), x)
+  def forward(self, x, mask, text=None, text_keep=None):
+    return self.output(self.self(x, mask, text, text_keep), x)
 
 
 class BertLayer(nn.Module):
   """Post-LN BERT layer; the visual `BertImageLayer` is the same at its own width."""
 
   def __init__(self, width: int, inner: int, num_heads: int, attn_dropout: float,
-               dropout: float):
+               dropout: float, text_width: int = 0):
     super().__init__()
-    self.attention = _Attention(width, num_heads, attn_dropout, dropout)
+    self.attention = _Attention(width, num_heads, attn_dropout, dropout, text_width)
     self.intermediate = _Dense(width, inner, dropout, residual=False)
     self.output = _Dense(inner, width, dropout, residual=True)
 
-  def forward(self, x, mask):
-    attention = self.attention(x, mask)
+  def forward(self, x, mask, text=None, text_keep=None):
+    attention = self.attention(x, mask, text, text_keep)
     return self.output(self.intermediate(attention), attention)
 
 
@@ -186,23 +204,25 @@ class _Encoder(nn.Module):
         BertLayer(c["hidden_size"], c["intermediate_size"], c["num_attention_heads"],
                   c["attention_probs_dropout_prob"], c["hidden_dropout_prob"])
         for _ in range(c["num_hidden_layers"]))
+    dynamic = c["hidden_size"] if c.get("dynamic_attention", False) else 0
     self.v_layer = nn.ModuleList(
         BertLayer(c["v_hidden_size"], c["v_intermediate_size"], c["v_num_attention_heads"],
-                  c["v_attention_probs_dropout_prob"], c["v_hidden_dropout_prob"])
+                  c["v_attention_probs_dropout_prob"], c["v_hidden_dropout_prob"], dynamic)
         for _ in range(c["v_num_hidden_layers"]))
     self.c_layer = nn.ModuleList(BertConnectionLayer(c) for _ in self.v_ids)
 
-  def forward(self, text, text_mask, vision, vision_mask):
+  def forward(self, text, text_mask, vision, vision_mask, text_keep=None):
+    """`text_keep`: (B, T+1, 1) ones on real tokens (the visual layers' dynamic attention)."""
     t_start = v_start = 0
     for block, (v_id, t_id) in enumerate(zip(self.v_ids, self.t_ids)):
       for layer in self.layer[t_start:t_id]:
         text = layer(text, text_mask)
       for layer in self.v_layer[v_start:v_id]:
-        vision = layer(vision, vision_mask)
+        vision = layer(vision, vision_mask, text, text_keep)
       vision, text = self.c_layer[block](vision, vision_mask, text, text_mask)
       t_start, v_start = t_id, v_id
     for layer in self.v_layer[v_start:]:
-      vision = layer(vision, vision_mask)
+      vision = layer(vision, vision_mask, text, text_keep)
     for layer in self.layer[t_start:]:
       text = layer(text, text_mask)
     return text, vision
@@ -301,7 +321,8 @@ class SimpleClassifier(nn.Module):
 
 
 class OfficialViLBert(nn.Module):
-  """`VILBertForVLTasks` (task tokens, fusion "mul") from an official JSON config dict."""
+  """`VILBertForVLTasks` (task tokens) from an official JSON config dict, with its
+  `fusion_method` ("mul" or "sum") and `dynamic_attention`."""
 
   OUTPUTS = ("vil_prediction", "vil_prediction_gqa", "vil_logit", "vil_binary_prediction",
              "vil_tri_prediction", "vision_prediction", "vision_logit",
@@ -319,6 +340,7 @@ class OfficialViLBert(nn.Module):
     self.vil_binary_prediction = SimpleClassifier(2 * bi, 2 * bi, 2)
     self.vil_logit, self.vil_tri_prediction = nn.Linear(bi, 1), nn.Linear(bi, 3)
     self.vision_logit, self.linguisic_logit = nn.Linear(v, 1), nn.Linear(h, 1)
+    self.fusion_method = c.get("fusion_method", "mul")
     self.apply(self._init)
 
   @staticmethod
@@ -337,14 +359,16 @@ class OfficialViLBert(nn.Module):
     image_bias = (1.0 - image_mask[:, None, None, :].to(dtype)) * -10000.0
     text = self.bert.embeddings(input_ids, token_type_ids, task_ids)
     vision = self.bert.v_embeddings(image_feat, image_loc)
-    text, vision = self.bert.encoder(text, text_bias, vision, image_bias)
+    text, vision = self.bert.encoder(text, text_bias, vision, image_bias,
+                                     text_mask[:, :, None].to(dtype))
     pooled_t, pooled_v = self.bert.t_pooler(text), self.bert.v_pooler(vision)
+    fuse = (lambda t, v: t + v) if self.fusion_method == "sum" else (lambda t, v: t * v)
 
     cls = self.cls
     out = {"linguisic_prediction": cls.predictions(text),
            "vision_prediction": cls.imagePredictions(vision)}
-    seq_relationship = cls.bi_seq_relationship(self.dropout(pooled_t * pooled_v))
-    pooled = self.dropout(pooled_t * pooled_v)
+    seq_relationship = cls.bi_seq_relationship(self.dropout(fuse(pooled_t, pooled_v)))
+    pooled = self.dropout(fuse(pooled_t, pooled_v))
     out["vil_prediction"] = self.vil_prediction(pooled)
     out["vil_prediction_gqa"] = self.vil_prediction_gqa(pooled)
     # Even batches pair consecutive rows (NLVR2); odd ones get the pretraining alignment head.
@@ -409,6 +433,49 @@ class OfficialAdamW(torch.optim.Optimizer):
           p.add_(p, alpha=-group["lr"] * group["weight_decay"])
 
 
+class OfficialRAdam(torch.optim.Optimizer):
+  """`vilbert/optimization.py` RAdam (`--optim RAdam`): per-parameter step counts, SGD with
+  momentum while the variance is intractable (N_sma < 5), the decay applied to the old
+  parameter, eps 1e-8 (`train_tasks.py` passes only the groups and the lr)."""
+
+  def __init__(self, params, lr: float = 2e-5, betas=(0.9, 0.999), eps: float = 1e-8,
+               weight_decay: float = 0.0):
+    super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay))
+
+  @torch.no_grad()
+  def step(self, closure=None):
+    for group in self.param_groups:
+      beta1, beta2 = group["betas"]
+      for p in group["params"]:
+        if p.grad is None:
+          continue
+        state = self.state[p]
+        if not state:
+          state["step"] = 0
+          state["exp_avg"] = torch.zeros_like(p)
+          state["exp_avg_sq"] = torch.zeros_like(p)
+        exp_avg, exp_avg_sq, grad = state["exp_avg"], state["exp_avg_sq"], p.grad
+        exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1.0 - beta2)
+        exp_avg.mul_(beta1).add_(grad, alpha=1.0 - beta1)
+        state["step"] += 1
+        t = state["step"]
+        beta2_t = beta2 ** t
+        n_sma_max = 2 / (1 - beta2) - 1
+        n_sma = n_sma_max - 2 * t * beta2_t / (1 - beta2_t)
+        if n_sma >= 5:
+          step_size = (group["lr"] * math.sqrt((1 - beta2_t) * (n_sma - 4) / (n_sma_max - 4)
+                                               * (n_sma - 2) / n_sma * n_sma_max
+                                               / (n_sma_max - 2)) / (1 - beta1 ** t))
+        else:
+          step_size = group["lr"] / (1 - beta1 ** t)
+        if group["weight_decay"] != 0:
+          p.add_(p, alpha=-group["weight_decay"] * group["lr"])
+        if n_sma >= 5:
+          p.addcdiv_(exp_avg, exp_avg_sq.sqrt().add_(group["eps"]), value=-step_size)
+        else:
+          p.add_(exp_avg, alpha=-step_size)
+
+
 # The official dataset's name of each tensor `vqa_loss` reads -> our batch layout's name.
 OFFICIAL_BATCH_NAMES = {"question": "input_ids", "features": "image_feat",
                         "spatials": "image_loc", "segment_ids": "segment_ids",
@@ -446,14 +513,16 @@ def vqa_loss(model: OfficialViLBert, batch: Mapping[str, torch.Tensor], task_id:
 
 def vqa_training_step(model: OfficialViLBert, optimizer: torch.optim.Optimizer,
                       batch: Mapping[str, torch.Tensor], task_id: int = 1,
-                      loss_scale: float = 2.0) -> tuple[float, float]:
+                      loss_scale: float = 2.0, set_to_none: bool = True) -> tuple[float, float]:
   """One `train_tasks.py` update for a VL-classifier task; returns (loss, batch score).
 
   The loss scale is the task's lr over the run's smallest (2 for VQA in the 12-task run).
+  `set_to_none=False` is torch 1.x's `zero_grad()`, which the released model was trained
+  with: a parameter keeps a zero gradient once it had one, and the optimizer keeps stepping it.
   """
   loss, score = vqa_loss(model, batch, task_id)
   (loss * loss_scale).backward()
   optimizer.step()
-  model.zero_grad()
+  model.zero_grad(set_to_none=set_to_none)
   return loss.item(), score.item()
 
