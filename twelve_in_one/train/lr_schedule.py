@@ -17,7 +17,8 @@ group learning rates (they do not compose by multiplication):
   every iteration once `global_step > warmup_steps`; `warmup_linear` has none.
 
 Constructing the second scheduler resets the rates to their base for `mannul`, `cosine` and
-`cosine_warm`, so the run's very first update uses the full learning rate there; `mannul`'s
+`cosine_warm` (`cosine` as in torch 1.x, which the official code ran on; torch >= 2 keeps the
+warm-up's rate there), so the run's very first update uses the full learning rate; `mannul`'s
 epoch steps likewise set it back to the base during a warm-up longer than an epoch (the first
 update of the next epoch then runs at the base rate). These are the official dynamics and are
 kept. (The official `automatic` branch reads an undefined `val_scores` and stops; here it
