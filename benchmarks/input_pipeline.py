@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/input_pipeline.py [--images 1000] [--questions 8000]
         [--batch_size 32] [--batches 150] [--threads 0,2] [--workdir /tmp/tio_bench]
-        [--gcs_emulator | --data_dir gs://BUCKET/PATH]
+        [--gcs_emulator | --data_dir gs://BUCKET/PATH] [--decoding=500]
 
 Writes a VQA-format release (a feature LMDB of `--images` images x 100 boxes x 2048 float32,
 questions, soft targets, the 3129-answer vocabulary), prepares it with `twelve-in-one prepare`
@@ -17,6 +17,12 @@ tests' `tests/gcs_emulator.py`, at gs://input-bench/prepared) the prepared data 
 Storage: it also times prepare's upload (MB/s), the first `open_prepared` (the copy to a fresh
 local mirror under `--workdir`: seconds and MB/s) and a second one (the mirror reused), then
 the pipeline reads the mirror as above. prepare always rebuilds then, so the upload is timed.
+
+`--decoding=N` also times the two places where the pipeline decodes with its own code instead
+of the library's, on the same data: TFDS's generic decoding of a serialized record against
+`tfds_format.RecordDecoder` (on the first N example and N image records, already read), and
+one batch's float16 region features to float32, numpy's cast into the batch buffer
+(`np.copyto`) against `pipeline.float16_to_float32`.
 """
 
 from __future__ import annotations
@@ -40,7 +46,7 @@ from twelve_in_one import paths
 from twelve_in_one.data import pipeline
 from twelve_in_one.data.features import write_feature_lmdb
 from twelve_in_one.data.prepare import prepare
-from twelve_in_one.data.tfds_format import open_prepared
+from twelve_in_one.data.tfds_format import EXAMPLES, IMAGES, open_prepared
 from twelve_in_one.tasks.registry import get_task
 
 NUM_ANSWERS = 3129
@@ -101,6 +107,39 @@ def time_pipeline(task, data_dir: Path | str, batch_size: int, batches: int, thr
           "examples_per_cpu_s": examples / cpu, "cpu_cores_busy": cpu / wall}
 
 
+def _best_seconds(run, repeats: int = 5) -> float:
+  best = float("inf")
+  for _ in range(repeats):
+    start = time.perf_counter()
+    run()
+    best = min(best, time.perf_counter() - start)
+  return best
+
+
+def time_decoding(task, data_dir: Path | str, records: int, batch_size: int) -> None:
+  """TFDS's decoding against `RecordDecoder`; numpy's float16 cast against the pipeline's."""
+  prepared = open_prepared(task, data_dir)
+  for config in (EXAMPLES, IMAGES):
+    source = prepared.source(config, "train")
+    raw, decode = prepared.raw_source(config, "train")
+    serialized = [raw[index] for index in range(min(records, len(raw)))]
+    features, decoders = source.dataset_info.features, getattr(source, "decoders", None)
+    generic = _best_seconds(lambda records=serialized, features=features, decoders=decoders: [
+        features.deserialize_example_np(record, decoders=decoders) for record in records])
+    ours = _best_seconds(lambda records=serialized, decode=decode: [decode(r) for r in records])
+    per_record = 1e6 / len(serialized)
+    print(f"  decoding {config} ({len(serialized)} records): TFDS {generic * per_record:.1f} "
+          f"us/record, RecordDecoder {ours * per_record:.1f} us/record ({generic / ours:.2f}x)")
+  halves = np.stack([decode(raw[index % len(raw)])["image_feat"] for index in range(batch_size)])
+  out = np.empty(halves.shape, np.float32)
+  cast = _best_seconds(lambda: np.copyto(out, halves, casting="unsafe"))
+  ours = _best_seconds(lambda: pipeline.float16_to_float32(halves, out))
+  per_value = 1e9 / halves.size
+  print(f"  float16 -> float32, {halves.shape} ({halves.size / 1e6:.1f}M values): numpy "
+        f"{cast * per_value:.2f} ns/value, float16_to_float32 {ours * per_value:.2f} ns/value "
+        f"({cast / ours:.2f}x)")
+
+
 @contextlib.contextmanager
 def emulated_bucket() -> Iterator[str]:
   """A fake-gcs-server on localhost (the tests' tooling) with one bucket; yields its data_dir."""
@@ -142,6 +181,8 @@ def main() -> None:
   parser.add_argument("--batches", type=int, default=150)
   parser.add_argument("--threads", default="0,2", help="read threads to time, comma-separated")
   parser.add_argument("--workdir", default="/tmp/twelve_in_one_input_bench")
+  parser.add_argument("--decoding", type=int, default=0, metavar="N",
+                      help="also time record decoding on N records and the float16 cast (0: no)")
   where = parser.add_mutually_exclusive_group()
   where.add_argument("--data_dir", default=None,
                      help="a gs:// URL to prepare into and read from (default: --workdir)")
@@ -177,6 +218,8 @@ def main() -> None:
       print(f"  read_threads={row['threads']}: {row['examples_per_s']:7.0f} examples/s wall, "
             f"{row['examples_per_cpu_s']:7.0f} examples/s per core "
             f"({row['cpu_cores_busy']:.2f} cores busy)")
+    if args.decoding:
+      time_decoding(task, data_dir, args.decoding, args.batch_size)
 
 
 if __name__ == "__main__":

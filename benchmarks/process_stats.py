@@ -24,12 +24,22 @@ def reset_peak_rss() -> bool:
     return False
 
 
-def peak_rss_since_reset_gib() -> float:
+def _status_gib(field: str) -> float:
   with open("/proc/self/status") as f:
     for line in f:
-      if line.startswith("VmHWM:"):
-        return int(line.split()[1]) / 2**20
+      if line.startswith(field + ":"):
+        return int(line.split()[1]) / 2**20   # kB
   return float("nan")
+
+
+def peak_rss_since_reset_gib() -> float:
+  """The peak resident memory since `reset_peak_rss` (or the process's start)."""
+  return _status_gib("VmHWM")
+
+
+def rss_gib() -> float:
+  """This process's resident memory now."""
+  return _status_gib("VmRSS")
 
 
 HUGE_PAGES_TUNABLE = "glibc.malloc.hugetlb=1"
@@ -38,8 +48,9 @@ HUGE_PAGES_TUNABLE = "glibc.malloc.hugetlb=1"
 def child_env(huge_pages: bool) -> dict[str, str]:
   """This environment, with glibc's malloc asked for transparent huge pages (or not).
 
-  XLA:CPU allocates its temporaries afresh every step; with 4 KiB pages that is ~330k page
-  faults per base training step at batch 8. glibc reads its tunables at process start only.
+  XLA:CPU allocates its temporaries afresh every step, each one a page fault per 4 KiB page
+  without the tunable (BENCHMARKS.md, "Huge pages"). glibc reads its tunables at process
+  start only.
   """
   env = dict(os.environ)
   tunables = [t for t in env.get("GLIBC_TUNABLES", "").split(":")

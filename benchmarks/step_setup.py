@@ -1,8 +1,8 @@
 """The trainer's training step as the benchmarks compile it: jitted, the state donated.
 
-Shared by `train_step.py`, `memory_phases.py` and `remat_memory.py`, so that all three measure
-one program. Imports jax only when called: the benchmarks' parent processes, which only spawn
-measurements, never load it.
+Shared by `train_step.py` and `scan_layers.py`, so that both measure one program. Imports jax
+only when called: the benchmarks' parent processes, which only spawn measurements, never load
+it.
 """
 
 from __future__ import annotations

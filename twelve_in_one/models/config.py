@@ -255,8 +255,8 @@ def tiny_config(**overrides: Any) -> ViLBertConfig:
   The text stream is 48 wide, not narrower, for XLA:CPU's sake: it fuses a narrow LayerNorm
   (measured: 30 wide still, 36 no longer) into the LayerNorm's consumers, so the whole
   residual stream, from the embeddings on, is recomputed inside each backward fusion. At 24
-  wide that made the training step's HLO 2.2x larger and its compile 2-3x slower (15-19 s
-  against 4-8 s; `benchmarks/compile_tiny.py`).
+  wide that made the training step's HLO several times larger and its compile several times
+  slower (BENCHMARKS.md, "Test suite").
   """
   values = dict(vocab_size=1000, hidden_size=48, num_hidden_layers=5, num_attention_heads=3,
                 intermediate_size=40, max_position_embeddings=512, v_hidden_size=40,

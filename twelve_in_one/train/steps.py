@@ -199,7 +199,7 @@ def initial_state(config, model, model_config, state_shardings,
 
   Parameters and moments come from two programs: one program making both held the random
   init's temporaries and all three trees at once, and for `base` peaked above the training
-  step itself (`benchmarks/memory_phases.py`, BENCHMARKS.md).
+  step itself (BENCHMARKS.md, "Trimmed compile memory and a two-program init").
   The values are the same either way. `note` receives the init checkpoint's report.
   """
   init = jax.jit(lambda key: _unboxed_init(model, key), out_shardings=state_shardings.params)
