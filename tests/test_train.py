@@ -178,7 +178,7 @@ def test_sigterm_then_resume_is_bitwise_identical(tmp_path, monkeypatch, tiny_st
 def test_nan_loss_stops_within_one_step_and_keeps_last_checkpoint(tmp_path, monkeypatch):
   config = tiny_config_dict(tasks="vqa,refcoco", **{"schedule.num_epochs": 3,
                                                     "checkpoint.every_iterations": 1})
-  original = loop_lib._device_batch
+  original = loop_lib.device_batch
   calls = {"n": 0}
 
   def poisoned(batch, mesh):
@@ -188,7 +188,7 @@ def test_nan_loss_stops_within_one_step_and_keeps_last_checkpoint(tmp_path, monk
         batch = dict(batch, image_feat=np.full_like(batch["image_feat"], np.nan))
     return original(batch, mesh)
 
-  monkeypatch.setattr(loop_lib, "_device_batch", poisoned)
+  monkeypatch.setattr(loop_lib, "device_batch", poisoned)
   with pytest.raises(FloatingPointError, match="task refcoco: loss is nan at iteration 1"):
     loop_lib.train_and_evaluate(config, str(tmp_path))
   steps = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())

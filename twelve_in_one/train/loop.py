@@ -4,11 +4,13 @@ Read top to bottom, section by section:
 
   Set up          distributed runtime, mesh, tasks, model
   Input           one resumable grain iterator per task
-  State           parameters and Adam moments born sharded, or restored from the workdir
-  Steps           one jit-compiled step per task
-  Loop            round-robin (or weighted / summed) with Dynamic Stop-and-Go, the official
+  State           parameters and optimizer state born sharded, or restored from the workdir
+  Steps           one jit-compiled step per task (the optax optimizer, `optimizer.py`)
+  Loop            round-robin (or weighted / summed) with Dynamic Stop-and-Go: the official
                   loop body (`Schedule.run_iteration`) with its learning-rate schedulers
-  Evaluate        each task at its own epoch boundary
+                  (`lr_schedule.py`)
+  Evaluate        each task after the iterations its loader length divides, as the official
+                  loop does (`evaluation.py`)
   Checkpoint      asynchronously every N iterations, at once on SIGTERM
 
 Only process 0 writes logs, event files, metrics.jsonl and the result tables.
@@ -37,6 +39,7 @@ from twelve_in_one.train import optimizer as opt
 from twelve_in_one.train import distributed, options, prng, sharding, workdir_lock
 from twelve_in_one.train.checkpoint import Checkpointer, abstract_like
 from twelve_in_one.train.dsg import DSGConfig
+from twelve_in_one.train.evaluation import batch_shapes, device_batch, evaluate_task
 from twelve_in_one.train.inputs import TaskData, synthetic_task_data, tfds_task_data
 from twelve_in_one.train.metrics_log import MetricsLog, results_table
 from twelve_in_one.train.schedule import Schedule, iterations_per_epoch, loader_length
@@ -104,52 +107,6 @@ def answer_head_sizes(data: dict[str, TaskData]) -> dict[str, int]:
                        f"{task_data.num_classes} answers")
     sizes[key] = (task_data.num_classes, name)
   return {key: size for key, (size, _) in sizes.items()}
-
-
-def _batch_shapes(task_data: TaskData, mesh, vocab_size: int) -> dict:
-  """The global shapes and shardings of a task's training batches (for compiling ahead).
-
-  Also checks the first batch's token ids against the model's vocabulary: an id past the
-  embedding table would silently embed as NaN (JAX gathers out of range fill with NaN).
-  """
-  sample = task_data.train_iterator()
-  batch = next(sample)
-  if hasattr(sample, "close"):
-    sample.close()
-  largest = int(np.max(batch["input_ids"]))
-  if largest >= vocab_size:
-    raise ValueError(f"task {task_data.task.name}: token id {largest} in the data, but the "
-                     f"model's vocab_size is {vocab_size}; the data was tokenized with another "
-                     "vocabulary (set --config.model.vocab_size or --config.data.vocab)")
-  sharded = sharding.batch_sharding(mesh)
-  processes = jax.process_count()
-  return {k: jax.ShapeDtypeStruct((v.shape[0] * processes,) + v.shape[1:], v.dtype,
-                                  sharding=sharded)
-          for k, v in batch.items() if isinstance(v, np.ndarray) and v.dtype.kind in "biuf"}
-
-
-def _device_batch(batch: dict, mesh) -> dict:
-  """Numeric leaves as global arrays; host-only leaves (ids as strings) stay behind."""
-  numeric = {k: v for k, v in batch.items()
-             if isinstance(v, np.ndarray) and v.dtype.kind in "biuf"}
-  return sharding.global_batch(numeric, mesh)
-
-
-def evaluate_task(task_data: TaskData, eval_step, params, mesh, max_batches: int = 0) -> dict:
-  """One pass over the task's validation split (or its first `max_batches` batches)."""
-  total_score, total_examples, losses = 0.0, 0.0, []
-  for index, batch in enumerate(task_data.eval_batches()):
-    if max_batches and index >= max_batches:
-      break
-    mask = np.asarray(batch.get("example_mask", np.ones(batch["input_ids"].shape[0])))
-    loss, scores = eval_step(params, _device_batch(batch, mesh))
-    scores = np.asarray(jax.device_get(scores)).reshape(-1)[:mask.shape[0]]
-    total_score += float((scores * mask).sum())
-    total_examples += float(mask.sum())
-    losses.append(float(loss))
-  total_examples = max(total_examples, 1.0)
-  return {"score": total_score / total_examples, "loss": float(np.mean(losses)) if losses
-          else float("nan"), "examples": int(total_examples)}
 
 
 def train_and_evaluate(config, workdir: str, chance: dict[str, float] | None = None
@@ -271,7 +228,7 @@ def _train_and_evaluate(config, workdir: str, chance, tasks: list[Task], mesh, m
   if (checkpointer.latest_step() or 0) < total and schedule.kind != "summed":
     started = time.perf_counter()
     with jax.set_mesh(mesh):
-      train_steps.warm_up([(t, (abstract_state, _batch_shapes(data[t.name], mesh,
+      train_steps.warm_up([(t, (abstract_state, batch_shapes(data[t.name], mesh,
                                                               model_config.vocab_size),
                                 base_key, np.float32(0))) for t in tasks],
                           max_workers=config.compile_threads)
@@ -319,7 +276,7 @@ def _train_and_evaluate(config, workdir: str, chance, tasks: list[Task], mesh, m
       return
     task = task_by_name[names[0]]
     started = time.perf_counter()
-    batch = _device_batch(next(iterators[task.name]), mesh)
+    batch = device_batch(next(iterators[task.name]), mesh)
     rng = jax.random.fold_in(jax.random.fold_in(base_key, iteration), task.task_id)
     live["state"], metrics = train_steps(task)(live["state"], batch, rng,
                                                np.float32(lr_multiplier))
@@ -385,7 +342,7 @@ def _summed_iteration(names, summed_step, state, iterators, mesh, base_key, iter
                       lr_multiplier, pending, log, task_by_name):
   """One summed-gradient update over every task's next batch."""
   started = time.perf_counter()
-  batches = {name: _device_batch(next(iterators[name]), mesh) for name in names}
+  batches = {name: device_batch(next(iterators[name]), mesh) for name in names}
   rng = jax.random.fold_in(base_key, iteration)
   state, metrics = summed_step(state, batches, rng, np.float32(lr_multiplier))
   _check_pending(pending, log)
