@@ -33,9 +33,11 @@ which only lines up when the model is wrapped (`module.bert.`); `train_tasks.py`
 that test, so there the flags change nothing. Here they do what they say.
 
 RAdam (`name="radam"`) is `optax.scale_by_radam` with the official RAdam's eps 1e-8 and its
-decay of the *old* parameter (`optax.add_decayed_weights`). One difference remains: the
+decay of the *old* parameter (`optax.add_decayed_weights`). Two differences remain: the
 official RAdam counts steps per parameter, optax per optimizer, so a head's rectification
-term follows the number of updates of the whole run rather than of its own task.
+term follows the number of updates of the whole run rather than of its own task; and optax
+adds eps to sqrt(v / (1 - b2^t)) where the official adds it to sqrt(v), a relative change of
+the step below 1e-8 / sqrt(v) (tests/test_optimizer_torch.py bounds it).
 """
 
 from __future__ import annotations
@@ -188,6 +190,13 @@ def reached_by(loss_fn: Callable, params: Any, *args: Any) -> Any:
   This is what decides, in torch, whether a parameter gets a `.grad`: a parameter outside the
   loss's graph (another task's head, the text pooler for a task scored on regions) gets none.
   Dead-code elimination of the traced loss finds them; the arguments may be abstract.
+
+  The unit is a leaf: a stacked leaf (`scan_layers`) or a layer recomputed by the custom VJP
+  of `models/remat.py` counts as reached when any of it is. For a task scored on regions that
+  takes in the text side of the last co-attention block, which the official leaves without a
+  gradient. Under "torch1" that changes nothing once any task scored on the pooled vector has
+  stepped (VQA, first in the paper's order, reaches them all); under "skip" those parameters
+  then decay on that task's steps.
   """
   closed = jax.make_jaxpr(loss_fn)(params, *args)
   outputs = len(closed.jaxpr.outvars)
