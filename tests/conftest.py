@@ -1,4 +1,4 @@
-"""Test set-up: 8 fake CPU devices (a mesh stand-in) and the shared fixtures' location.
+"""Test set-up: 8 fake CPU devices (a mesh stand-in) and the ground-truth fixtures.
 
 XLA_FLAGS must be set before jax is imported anywhere, which is why this lives here.
 """
@@ -28,33 +28,18 @@ import pytest  # noqa: E402
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
-def _find_shared() -> pathlib.Path:
-  """The ground-truth folder: $TWELVE_IN_ONE_SHARED, else ../shared beside the checkout."""
-  if "TWELVE_IN_ONE_SHARED" in os.environ:
-    return pathlib.Path(os.environ["TWELVE_IN_ONE_SHARED"])
-  for candidate in (REPO_ROOT.parent / "shared", pathlib.Path("/work/shared")):
-    if candidate.is_dir():
-      return candidate
-  return REPO_ROOT.parent / "shared"
-
-
-SHARED = _find_shared()
-os.environ.setdefault("TWELVE_IN_ONE_SHARED", str(SHARED))
+@pytest.fixture(scope="session")
+def fixture_dir() -> pathlib.Path:
+  """The official tiny fixture (tests/fixtures/vilbert_tiny)."""
+  import ground_truth
+  return ground_truth.path("vilbert_tiny")
 
 
 @pytest.fixture(scope="session")
-def shared_dir() -> pathlib.Path:
-  if not SHARED.is_dir():
-    pytest.skip(f"shared ground truth not found at {SHARED} (set TWELVE_IN_ONE_SHARED)")
-  return SHARED
-
-
-@pytest.fixture(scope="session")
-def fixture_dir(shared_dir) -> pathlib.Path:
-  path = shared_dir / "fixtures" / "vilbert_tiny"
-  if not path.is_dir():
-    pytest.skip(f"official fixture not found at {path}")
-  return path
+def pretrain_fixture_dir() -> pathlib.Path:
+  """The official pretraining fixture (tests/fixtures/vilbert_pretrain_tiny)."""
+  import ground_truth
+  return ground_truth.path("vilbert_pretrain_tiny")
 
 
 @pytest.fixture(scope="session")

@@ -1,7 +1,7 @@
 """Official checkpoint import / export, file readers and our orbax checkpoints.
 
-Uses the shared fixture's state dict (written by the official code); found through
-$TWELVE_IN_ONE_SHARED, default <repo>/../shared. Nothing here runs the model.
+Uses the official fixture's state dict (written by the official code; tests/fixtures/).
+Nothing here runs the model.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import jax
 import numpy as np
 import pytest
 
+import ground_truth
 from twelve_in_one.interop import checkpoint_io
 from twelve_in_one.interop.checkpoint_io import (CheckpointError, load_params, read_state_dict,
                                                  save_params, write_npz, write_safetensors,
@@ -25,11 +26,7 @@ from twelve_in_one.interop.official import (TIED_ALIASES, export_official, impor
 from twelve_in_one.models import ViLBertConfig
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SHARED = os.environ.get("TWELVE_IN_ONE_SHARED", os.path.join(REPO, "..", "shared"))
-FIXTURE = os.path.join(SHARED, "fixtures", "vilbert_tiny")
-
-pytestmark = pytest.mark.skipif(not os.path.isdir(FIXTURE),
-                                reason=f"shared fixture not found at {FIXTURE}")
+FIXTURE = str(ground_truth.path("vilbert_tiny"))
 
 HEADS = ("vil_prediction.", "vil_prediction_gqa.", "vil_binary_prediction.", "vil_logit.",
          "vil_tri_prediction.", "vision_logit.", "linguisic_logit.")

@@ -1,4 +1,4 @@
-"""Parity with the official code on the shared fixture, through the `parity` command.
+"""Parity with the official code on its fixture (tests/fixtures/), through the `parity` command.
 
 The command runs in subprocesses: float64 needs `jax_enable_x64`, which would change every later
 test of this process, and the subprocesses share a persistent compilation cache, so the edited
@@ -17,14 +17,11 @@ import sys
 import numpy as np
 import pytest
 
+import ground_truth
 from twelve_in_one.interop.parity import ODD_BATCH_NOTE, map_reference
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SHARED = os.environ.get("TWELVE_IN_ONE_SHARED", os.path.join(REPO, "..", "shared"))
-FIXTURE = os.path.join(SHARED, "fixtures", "vilbert_tiny")
-
-pytestmark = pytest.mark.skipif(not os.path.isdir(FIXTURE),
-                                reason=f"shared fixture not found at {FIXTURE}")
+FIXTURE = str(ground_truth.path("vilbert_tiny"))
 
 
 @pytest.fixture(scope="module")

@@ -19,11 +19,8 @@ from twelve_in_one.train.init_checkpoint import load_init_params
 
 
 @pytest.fixture(scope="module")
-def pretrain_fixture(shared_dir):
-  path = shared_dir / "fixtures" / "vilbert_pretrain_tiny"
-  if not path.is_dir():
-    pytest.skip(f"pretraining fixture not found at {path}")
-  return path
+def pretrain_fixture(pretrain_fixture_dir):
+  return pretrain_fixture_dir
 
 
 @pytest.fixture(scope="module")

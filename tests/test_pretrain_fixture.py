@@ -64,11 +64,8 @@ def float32_tolerance(recorded: float) -> float:
 
 
 @pytest.fixture(scope="module")
-def fixture(shared_dir):
-  path = shared_dir / "fixtures" / "vilbert_pretrain_tiny"
-  if not path.is_dir():
-    pytest.skip(f"pretraining fixture not found at {path}")
-  return path
+def fixture(pretrain_fixture_dir):
+  return pretrain_fixture_dir
 
 
 @pytest.fixture(scope="module")

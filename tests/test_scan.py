@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
+import ground_truth
 from twelve_in_one.interop.bert import load_bert
 from twelve_in_one.interop.checkpoint_io import read_state_dict
 from twelve_in_one.interop.official import (check_params, export_official, import_official,
@@ -31,7 +32,7 @@ from twelve_in_one.tasks import get_task, model_inputs
 from twelve_in_one.tasks.examples import random_batch
 from twelve_in_one.train.objective import task_loss
 
-FIXTURE = os.path.join(os.environ.get("TWELVE_IN_ONE_SHARED", ""), "fixtures", "vilbert_tiny")
+FIXTURE = str(ground_truth.path("vilbert_tiny"))
 FLOAT64_TOLERANCE = 1e-9      # the float64 parity tolerance (tests/test_parity.py)
 
 LAYOUTS = {
@@ -223,7 +224,6 @@ def test_coattention_maps_are_the_same_in_both_layouts():
 
 
 # ------------------------------------------------------------------------------ interop
-@pytest.mark.skipif(not os.path.isdir(FIXTURE), reason=f"no fixture at {FIXTURE}")
 def test_import_export_round_trips_bitwise_with_scan_on():
   from twelve_in_one.interop.checkpoint_io import read_official_config
   config = read_official_config(os.path.join(FIXTURE, "tiny_config.json"), scan_layers=True)

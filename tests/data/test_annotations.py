@@ -1,15 +1,12 @@
 """Tests of the annotation readers, on tiny release-format fixtures and on real samples.
 
-The real samples live in ``<shared>/realdata`` (``$TWELVE_IN_ONE_SHARED``,
-default ``../shared`` next to the repository); tests that need them are
-skipped, with the path in the reason, when the folder is absent.
+The real samples live in ``tests/fixtures/realdata`` (see its README).
 """
 
 from __future__ import annotations
 
 import collections
 import json
-import os
 import pickle
 import shutil
 from pathlib import Path
@@ -17,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import ground_truth
 from twelve_in_one.data.annotations import clean
 from twelve_in_one.data.annotations.common import (
     CLEAN_REASON,
@@ -40,12 +38,7 @@ from twelve_in_one.data.annotations.vqa import (
 )
 from twelve_in_one.data.errors import DataError
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-SHARED = Path(os.environ.get("TWELVE_IN_ONE_SHARED", REPO_ROOT.parent / "shared"))
-REALDATA = SHARED / "realdata"
-needs_realdata = pytest.mark.skipif(
-    not REALDATA.is_dir(),
-    reason=f"real annotation samples not found at {REALDATA} (set TWELVE_IN_ONE_SHARED)")
+REALDATA = ground_truth.path("realdata")
 
 
 # Every data file of the real samples, each read by a test below.
@@ -64,7 +57,6 @@ REALDATA_FILES = {
 }
 
 
-@needs_realdata
 def test_every_realdata_file_is_covered():
   present = {path.relative_to(REALDATA).as_posix() for path in REALDATA.rglob("*")
              if path.is_file() and path.name != "README.md"}
@@ -224,7 +216,6 @@ def test_vqa_empty_split_and_unknown_split(tmp_path):
   assert len(load_vqa(root, "trainval")) == 4
 
 
-@needs_realdata
 def test_vqa_raw_annotations_soft_scores_by_hand():
   questions = REALDATA / "vqa" / "questions.json"
   annotations = REALDATA / "vqa" / "annotations.json"
@@ -248,7 +239,6 @@ def test_vqa_raw_annotations_soft_scores_by_hand():
     targets_from_raw_annotations(annotations, VQA_VOCAB)
 
 
-@needs_realdata
 def test_vqa_real_questions_through_release_layout(tmp_path):
   shutil.copy(REALDATA / "vqa" / "questions.json",
               tmp_path / "v2_OpenEnded_mscoco_train2014_questions.json")
@@ -293,7 +283,6 @@ def test_gqa_splits_and_labels(tmp_path):
     load_gqa(tmp_path, "val")
 
 
-@needs_realdata
 def test_gqa_real_testdev_and_vocab(tmp_path):
   source = REALDATA / "gqa" / "testdev_balanced_questions.json"
   shutil.copy(source, tmp_path / "testdev_balanced_questions.json")
@@ -330,7 +319,6 @@ def test_genome_splits_and_clean(tmp_path):
     load_genome(tmp_path, "train", clean_image_ids=frozenset({1, 2, 3}))
 
 
-@needs_realdata
 def test_genome_real_raw_question_answers():
   split = load_genome_raw(REALDATA / "visual_genome" / "question_answers.json")
   assert len(split) == 8
@@ -394,7 +382,6 @@ def test_hard_negative_pool(tmp_path):
     load_hard_negatives(path)
 
 
-@needs_realdata
 def test_retrieval_real_coco_and_flickr():
   coco_path = REALDATA / "coco" / "test.jsonl"
   raw = read_jsonl_plain(coco_path)
@@ -566,7 +553,6 @@ def test_guesswhat_missing_object_and_bad_line(tmp_path):
 # --------------------------------------------------------------------------- NLVR2
 
 
-@needs_realdata
 def test_nlvr2_real_dev_and_test1():
   for split, count in (("dev", 250), ("test1", 100)):
     raw = read_jsonl_plain(REALDATA / "nlvr2" / f"{split}.json")
@@ -596,7 +582,6 @@ def test_nlvr2_bad_label_and_empty(tmp_path):
 # --------------------------------------------------------------------------- SNLI-VE
 
 
-@needs_realdata
 def test_snli_ve_real_test(tmp_path):
   source = REALDATA / "snli_ve" / "test.jsonl"
   raw = read_jsonl_plain(source)
@@ -616,7 +601,6 @@ def test_snli_ve_real_test(tmp_path):
                      "answer": {"labels": [0], "scores": [1.0]}}
 
 
-@needs_realdata
 def test_snli_ve_real_train_clean_renumbers(tmp_path):
   raw = read_jsonl_plain(REALDATA / "snli_ve" / "test.jsonl")
   shutil.copy(REALDATA / "snli_ve" / "test.jsonl", tmp_path / "snli_ve_train.jsonl")

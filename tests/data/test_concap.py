@@ -313,10 +313,8 @@ def test_example_layout_and_global_region():
   assert example["input_ids"].tolist()[:6] == [101, 7, 8, 9, 10, 102]
 
 
-def test_example_keys_match_the_official_pretraining_inputs(shared_dir):
-  path = shared_dir / "fixtures" / "vilbert_pretrain_tiny" / "pretrain_inputs.npz"
-  if not path.is_file():
-    pytest.skip(f"{path} not found")
+def test_example_keys_match_the_official_pretraining_inputs(pretrain_fixture_dir):
+  path = pretrain_fixture_dir / "pretrain_inputs.npz"
   with np.load(path) as official:
     assert set(official.files) == set(BATCH_KEYS)
     shapes = {key: official[key].shape[1:] for key in official.files}
