@@ -47,14 +47,14 @@ def tiny_straight_run(tmp_path_factory):
   """One uninterrupted tiny training run (vqa + refcoco, 6 iterations, a save every 2):
   (its workdir, its final parameters by path). The preemption, SIGKILL and multi-process tests
   all compare against this same run, so it is trained once per session."""
-  from test_train import _flat, tiny_config_dict
+  from run_configs import flat_params, tiny_config_dict
   from twelve_in_one.train import loop as loop_lib
   config = tiny_config_dict(tasks="vqa,refcoco", **{"schedule.num_epochs": 6,
                                                     "checkpoint.every_iterations": 2})
   workdir = tmp_path_factory.mktemp("straight")
   result = loop_lib.train_and_evaluate(config, str(workdir))
   assert not result.preempted and result.iterations == 6
-  return workdir, _flat(result.state.params)
+  return workdir, flat_params(result.state.params)
 
 
 # The README runs the suite on two pytest-xdist workers, one test file at a time each

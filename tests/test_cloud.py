@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from etils import epath
 
-from test_train import _flat, tiny_config_dict
+from run_configs import flat_params, tiny_config_dict
 from twelve_in_one.evaluate.run import evaluate
 from twelve_in_one.train import loop as loop_lib
 from twelve_in_one.train.schedule import Schedule
@@ -54,7 +54,7 @@ def preempted_run(gcs, tiny_straight_run):
   resumed = loop_lib.train_and_evaluate(config, workdir)
   assert not resumed.preempted and resumed.iterations == 6
   _, expected = tiny_straight_run
-  return workdir, _flat(resumed.state.params), expected
+  return workdir, flat_params(resumed.state.params), expected
 
 
 def test_sigterm_and_resume_in_a_bucket_is_bitwise_identical(gcs, preempted_run):

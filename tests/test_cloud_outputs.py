@@ -206,7 +206,7 @@ def test_convert_into_a_bucket_reads_back_bitwise_and_unfinished_exports_are_ref
 
 def test_evaluate_a_bucket_workdir_writes_its_files_into_the_bucket(gcs, bucket):
   # Imported here: the evaluation stack is the heaviest import of this file.
-  from test_evaluate import _tiny_run_config
+  from run_configs import tiny_run_config
   from twelve_in_one.evaluate import submission
   from twelve_in_one.evaluate.run import evaluate
   from twelve_in_one.models import ViLBertForVLTasks, init_params, tiny_config
@@ -218,7 +218,7 @@ def test_evaluate_a_bucket_workdir_writes_its_files_into_the_bucket(gcs, bucket)
   checkpointer = Checkpointer(workdir, asynchronous=False)
   checkpointer.save(5, create_state(params), {"iteration": 5}, wait=True)
   checkpointer.close()
-  run_config = _tiny_run_config("vqa,retrieval_flickr30k")
+  run_config = tiny_run_config("vqa,retrieval_flickr30k")
   vocab = {"vqa": [f"answer {i}" for i in range(config.num_vqa_answers)]}
   result = evaluate(run_config, workdir, split="val", label2ans=vocab, caption_chunk=4,
                     image_chunk=4, progress=False)

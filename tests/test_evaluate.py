@@ -2,7 +2,6 @@
 pictures and training curves. Tiny model, synthetic or hand-made inputs (about a minute)."""
 
 import dataclasses
-import importlib.util
 import json
 import os
 
@@ -12,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from run_configs import tiny_run_config
 from twelve_in_one.data.errors import DataError
 from twelve_in_one.data.features import build_image_features, pad_regions, write_feature_lmdb
 from twelve_in_one.evaluate import metrics, paper, plot, retrieval, submission
@@ -26,16 +26,6 @@ from twelve_in_one.train.checkpoint import Checkpointer
 from twelve_in_one.train.steps import create_state
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _tiny_run_config(tasks):
-  spec = importlib.util.spec_from_file_location(
-      "twelve_in_one_config_eval", os.path.join(REPO, "configs", "twelve_in_one.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config("tiny")
-  config.tasks = tasks
-  return config
 
 
 @pytest.fixture(scope="module")
@@ -202,7 +192,7 @@ def test_paper_table_marks_confirmed_numbers_and_server_splits():
                                                     "confirmed": True}
   assert not data["tasks"]["vqa"]["paper"]["AT"]["confirmed"]
   assert data["tasks"]["retrieval_flickr30k"]["ours_on_paper_split"] == 25.0
-  assert set(paper.PAPER) == set(_tiny_run_config("vqa").task_settings)   # all twelve tasks
+  assert set(paper.PAPER) == set(tiny_run_config("vqa").task_settings)   # all twelve tasks
 
 
 # ------------------------------------------------------------------ model paths
@@ -230,7 +220,7 @@ def test_score_matrix_equals_one_model_call_per_pair(tiny):
 
 def test_evaluate_writes_metrics_predictions_and_server_files(tiny, tmp_path):
   config, params = tiny
-  run_config = _tiny_run_config("vqa,refcoco,retrieval_flickr30k")
+  run_config = tiny_run_config("vqa,refcoco,retrieval_flickr30k")
   checkpointer = Checkpointer(str(tmp_path), asynchronous=False)
   checkpointer.save(5, create_state(params), {"iteration": 5}, wait=True)
   checkpointer.close()

@@ -23,7 +23,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from test_train import REPO, tiny_config_dict
+from run_configs import REPO, tiny_config_dict
 from twelve_in_one.train import loop as loop_lib
 from twelve_in_one.train import workdir_lock
 from twelve_in_one.train.checkpoint import DAMAGED_DIR, CheckpointMismatchError

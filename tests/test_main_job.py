@@ -8,7 +8,7 @@ twelve tasks' preparation is covered by tests/data and tests/test_generate.py.
 
 import json
 
-from test_train import _config_module
+from run_configs import config_module
 from twelve_in_one.data.generate import generate
 from twelve_in_one.train.entry import run_training
 
@@ -18,7 +18,7 @@ def _tiny_smoke_config(tmp_path, tasks: str, iterations: int):
   release = tmp_path / "release"
   generate(release, seed=0, num_images=8, num_val_images=4, num_test_images=4, num_regions=6,
            progress=lambda message: None)
-  config = _config_module().get_config("smoke")
+  config = config_module().get_config("smoke")
   config.model.name = "tiny"
   config.model.vocab_size = 30522   # the data is tokenized with bert-base-uncased
   config.data.release_dir = str(release)

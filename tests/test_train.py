@@ -1,6 +1,5 @@
 """The trainer: end-to-end tiny runs, sharding equivalence, exact resume, NaN stop, errors."""
 
-import importlib.util
 import json
 import os
 import signal
@@ -9,8 +8,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import traverse_util
 
+from run_configs import REPO, config_module, flat_params, tiny_config_dict
 from twelve_in_one.models import ViLBertForVLTasks, init_params, tiny_config
 from twelve_in_one.tasks import get_task
 from twelve_in_one.tasks.examples import random_batch
@@ -20,35 +19,6 @@ from twelve_in_one.train import sharding
 from twelve_in_one.train.schedule import Schedule
 from twelve_in_one.train.steps import (StepSettings, _accumulated_grads, create_state,
                                        make_train_step)
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _config_module():
-  spec = importlib.util.spec_from_file_location(
-      "twelve_in_one_config", os.path.join(REPO, "configs", "twelve_in_one.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
-def tiny_config_dict(tasks="vqa,refcoco,nlvr2", **changes):
-  config = _config_module().get_config("tiny")
-  config.tasks = tasks
-  config.checkpoint.asynchronous = True
-  for key, value in changes.items():
-    target = config
-    *parents, leaf = key.split(".")
-    for parent in parents:
-      target = target[parent]
-    target[leaf] = value
-  return config
-
-
-def _flat(params):
-  return {"/".join(k): np.asarray(v) for k, v in traverse_util.flatten_dict(
-      jax.device_get(params)).items()}
-
 
 # ------------------------------------------------------------------ one sharded step
 
@@ -73,12 +43,12 @@ def _one_step(mesh_sizes, rules, devices=None, grad_accum_steps=1, **model_chang
   with jax.set_mesh(mesh):
     new_state, metrics = jax.jit(step)(state, sharding.global_batch(batch, mesh),
                                        jax.random.key(3), np.float32(1.0))
-  return _flat(new_state.params), float(metrics["loss"])
+  return flat_params(new_state.params), float(metrics["loss"])
 
 
 @pytest.mark.parametrize("preset", ["fsdp", "dp_tp"])
 def test_sharded_step_equals_single_device(preset):
-  mesh_presets = _config_module()._mesh_preset
+  mesh_presets = config_module()._mesh_preset
   single, single_loss = _one_step({"data": 1, "fsdp": 1, "tensor": 1}, [],
                                   devices=jax.devices()[:1])
   sizes, rules = mesh_presets(preset)
@@ -124,7 +94,7 @@ def test_sharded_remat_with_accumulation_matches_the_plain_step():
                  t_biattention_id=(1,))
   plain, plain_loss = _one_step({"data": 1, "fsdp": 1, "tensor": 1}, [],
                                 devices=jax.devices()[:1], grad_accum_steps=4, **shallow)
-  sizes, rules = _config_module()._mesh_preset("fsdp")
+  sizes, rules = config_module()._mesh_preset("fsdp")
   remat, remat_loss = _one_step(sizes, rules, grad_accum_steps=4, remat=True, **shallow)
   assert abs(plain_loss - remat_loss) <= 1e-5 * abs(plain_loss)
   for name, value in plain.items():
@@ -170,7 +140,7 @@ def test_sigterm_then_resume_is_bitwise_identical(tmp_path, monkeypatch, tiny_st
   monkeypatch.setattr(Schedule, "tasks_at", original)
   resumed = loop_lib.train_and_evaluate(config, workdir)
   assert not resumed.preempted
-  got = _flat(resumed.state.params)
+  got = flat_params(resumed.state.params)
   for name, value in expected.items():
     np.testing.assert_array_equal(got[name], value, err_msg=name)
 
@@ -241,8 +211,8 @@ def test_checkpoint_from_one_mesh_resumes_on_another(tmp_path, monkeypatch):
                                           "checkpoint.every_iterations": 2})
   dp_tp = tiny_config_dict(tasks="vqa", **{"schedule.num_epochs": 4,
                                            "checkpoint.every_iterations": 2})
-  dp_tp.mesh.axes, dp_tp.mesh.rules = _config_module()._mesh_preset("dp_tp")
-  expected = _flat(loop_lib.train_and_evaluate(fsdp, str(tmp_path / "straight")).state.params)
+  dp_tp.mesh.axes, dp_tp.mesh.rules = config_module()._mesh_preset("dp_tp")
+  expected = flat_params(loop_lib.train_and_evaluate(fsdp, str(tmp_path / "straight")).state.params)
   original = Schedule.tasks_at
 
   def tasks_at(self, iteration):
@@ -256,7 +226,7 @@ def test_checkpoint_from_one_mesh_resumes_on_another(tmp_path, monkeypatch):
   resumed = loop_lib.train_and_evaluate(dp_tp, str(tmp_path / "moved"))
   leaf = resumed.state.params["bert"]["encoder"]["layer_0"]["intermediate"]["dense"]["kernel"]
   assert "tensor" in str(leaf.sharding.spec)   # really restored onto the dp+tp layout
-  got = _flat(resumed.state.params)
+  got = flat_params(resumed.state.params)
   for name, value in expected.items():
     np.testing.assert_allclose(got[name], value, rtol=1e-5, atol=1e-6, err_msg=name)
 

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from test_train import REPO, tiny_config_dict
+from run_configs import REPO, tiny_config_dict
 from twelve_in_one.interop.names import official_name
 from twelve_in_one.models import ViLBertForVLTasks, init_params, tiny_config
 from twelve_in_one.models import scan

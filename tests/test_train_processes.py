@@ -12,7 +12,7 @@ import time
 import numpy as np
 from etils import epath
 
-from test_train import REPO, _flat, tiny_config_dict
+from run_configs import REPO, flat_params, tiny_config_dict
 from twelve_in_one.train import loop as loop_lib
 
 CONFIG = f"{REPO}/configs/twelve_in_one.py:tiny"
@@ -44,7 +44,7 @@ def test_sigkill_resumes_from_the_previous_checkpoint(tmp_path, tiny_straight_ru
   process.wait()
   assert process.returncode == -signal.SIGKILL, "the run finished before it could be killed"
   resumed = loop_lib.train_and_evaluate(config, str(workdir))
-  got = _flat(resumed.state.params)
+  got = flat_params(resumed.state.params)
   for name, value in expected.items():
     np.testing.assert_array_equal(got[name], value, err_msg=name)
 
