@@ -14,7 +14,7 @@ from PIL import Image
 from run_configs import tiny_run_config
 from twelve_in_one.data.errors import DataError
 from twelve_in_one.data.features import build_image_features, pad_regions, write_feature_lmdb
-from twelve_in_one.evaluate import metrics, paper, plot, retrieval, submission
+from twelve_in_one.evaluate import paper, plot, retrieval_metrics, scoring, submission
 from twelve_in_one.evaluate.predict import TextTooLong, load_features, predict
 from twelve_in_one.evaluate.run import evaluate
 from twelve_in_one.evaluate.visualize import (FIGURE_SIZE, FIGURE_SIZE_NO_ATTENTION,
@@ -69,20 +69,20 @@ CAPTION_IMAGE = np.array([0, 0, 1, 1, 2, 2])
 
 
 def test_rank_metrics_by_hand_with_pessimistic_ties():
-  np.testing.assert_array_equal(retrieval.image_ranks(SCORES, CAPTION_IMAGE), [1, 2, 3, 2, 3, 1])
+  np.testing.assert_array_equal(retrieval_metrics.image_ranks(SCORES, CAPTION_IMAGE), [1, 2, 3, 2, 3, 1])
   # Image 0: best caption 0.9 (caption 0) ties with caption 2 of image 1 -> rank 2.
   # Image 1: best caption 0.7 (caption 3), no other caption reaches it -> rank 1.
   # Image 2: best caption 0.6 (caption 5); captions 2 (0.8) and 3 (0.7) are above -> rank 3.
-  np.testing.assert_array_equal(retrieval.text_ranks(SCORES, CAPTION_IMAGE), [2, 1, 3])
-  result = retrieval.rank_metrics(SCORES, CAPTION_IMAGE)
+  np.testing.assert_array_equal(retrieval_metrics.text_ranks(SCORES, CAPTION_IMAGE), [2, 1, 3])
+  result = retrieval_metrics.rank_metrics(SCORES, CAPTION_IMAGE)
   assert result["image_retrieval"] == {"R@1": pytest.approx(100 / 3), "R@5": 100.0,
                                        "R@10": 100.0, "median_rank": 2.0, "mean_rank": 2.0}
   assert result["text_retrieval"]["R@1"] == pytest.approx(100 / 3)
   assert result["text_retrieval"]["median_rank"] == 2.0
   # A constant matrix is the worst case, not a lucky one.
   flat = np.zeros((6, 3))
-  np.testing.assert_array_equal(retrieval.image_ranks(flat, CAPTION_IMAGE), [3] * 6)
-  np.testing.assert_array_equal(retrieval.text_ranks(flat, CAPTION_IMAGE), [5, 5, 5])
+  np.testing.assert_array_equal(retrieval_metrics.image_ranks(flat, CAPTION_IMAGE), [3] * 6)
+  np.testing.assert_array_equal(retrieval_metrics.text_ranks(flat, CAPTION_IMAGE), [5, 5, 5])
 
 
 def test_rank_errors_and_image_limit():
@@ -90,16 +90,16 @@ def test_rank_errors_and_image_limit():
   broken[1, 2] = broken[4, 0] = np.nan
   with pytest.raises(ValueError, match=r"2 non-finite entries, the first at \(caption, image\) "
                                        r"= \(1, 2\)"):
-    retrieval.image_ranks(broken, CAPTION_IMAGE)
+    retrieval_metrics.image_ranks(broken, CAPTION_IMAGE)
   with pytest.raises(ValueError, match=r"image\(s\) \[2\] have no caption"):
-    retrieval.text_ranks(SCORES, np.array([0, 0, 1, 1, 1, 1]))
+    retrieval_metrics.text_ranks(SCORES, np.array([0, 0, 1, 1, 1, 1]))
   with pytest.raises(ValueError, match="does not match 5 caption"):
-    retrieval.image_ranks(SCORES, CAPTION_IMAGE[:5])
-  keep, used = retrieval.limit_images(CAPTION_IMAGE, 3, 2)
+    retrieval_metrics.image_ranks(SCORES, CAPTION_IMAGE[:5])
+  keep, used = retrieval_metrics.limit_images(CAPTION_IMAGE, 3, 2)
   np.testing.assert_array_equal(keep, [0, 1, 2, 3])
   assert used == 2
-  assert retrieval.limit_images(CAPTION_IMAGE, 3, 0)[1] == 3
-  assert retrieval.limit_images(CAPTION_IMAGE, 3, 5000)[1] == 3
+  assert retrieval_metrics.limit_images(CAPTION_IMAGE, 3, 0)[1] == 3
+  assert retrieval_metrics.limit_images(CAPTION_IMAGE, 3, 5000)[1] == 3
 
 
 # ------------------------------------------------------------------ decoding and scores
@@ -110,7 +110,7 @@ def test_decode_records_and_split_score_by_hand():
   logits = jnp.array([[[0.0], [3.0], [1.0]], [[2.0], [0.0], [-10000.0]]])
   loc = jnp.array([[[0, 0, 1, 1, 1], [.1, .2, .3, .4, 0], [.5, .5, .9, .9, 0]]] * 2)
   target = jnp.array([[[0.0], [0.7], [0.2]], [[0.4], [0.9], [0.0]]])
-  decoded = metrics.decode(refcoco, {"vision_logit": logits},
+  decoded = scoring.decode(refcoco, {"vision_logit": logits},
                            {"image_loc": loc, "target": target})
   np.testing.assert_array_equal(decoded["region"], [1, 0])
   np.testing.assert_allclose(decoded["box"], [[.1, .2, .3, .4], [0, 0, 1, 1]])
@@ -118,28 +118,28 @@ def test_decode_records_and_split_score_by_hand():
 
   visual7w = dataclasses.replace(get_task("visual7w"), num_detected_regions=2)
   logits = jnp.array([[[9.0], [9.0], [1.0], [4.0], [2.0]]])
-  decoded = metrics.decode(visual7w, {"vision_logit": logits},
+  decoded = scoring.decode(visual7w, {"vision_logit": logits},
                            {"multiple_choice_ids": jnp.array([[2, 0]]),
                             "image_loc": jnp.tile(jnp.arange(5.0)[None, :, None], (1, 1, 5))})
   # Candidates are regions 2 + [2, 0] = 4 and 2 with logits 2 and 1: choice 0, region 4.
   assert int(decoded["choice"][0]) == 0 and int(decoded["region"][0]) == 4
   np.testing.assert_allclose(decoded["box"], [[4, 4, 4, 4]])
 
-  high, low = metrics.split_ids(np.array([3, 2**40 + 5, 201307251]))
-  np.testing.assert_array_equal(metrics.join_ids(high, low), [3, 2**40 + 5, 201307251])
+  high, low = scoring.split_ids(np.array([3, 2**40 + 5, 201307251]))
+  np.testing.assert_array_equal(scoring.join_ids(high, low), [3, 2**40 + 5, 201307251])
 
   vqa = get_task("vqa")
   result = {"example_id_high": high, "example_id_low": low, "example_mask": np.array([1, 1, 0]),
             "label": np.array([2, 0, 1]), "labelled": np.array([1, 0, 1]),
             "scores": np.array([0.6, 0.0, 1.0]), "loss": np.float32(1.5)}
-  records = metrics.item_records(vqa, result, ["yes", "no", "two"])
+  records = scoring.item_records(vqa, result, ["yes", "no", "two"])
   assert records == [{"question_id": 3, "label": 2, "answer": "two", "score": 0.6},
                      {"question_id": 2**40 + 5, "label": 0, "answer": "yes"}]
-  score = metrics.SplitScore()
+  score = scoring.SplitScore()
   score.add(result)
   assert score.summary() == {"score": pytest.approx(0.3), "examples": 2, "labelled": 1,
                              "loss": 1.5}
-  unlabelled = metrics.SplitScore()
+  unlabelled = scoring.SplitScore()
   unlabelled.add(dict(result, labelled=np.zeros(3)))
   assert unlabelled.summary()["score"] is None
 
@@ -209,10 +209,10 @@ def test_score_matrix_equals_one_model_call_per_pair(tiny):
              "image_loc": np.tile(np.float32([[0, 0, 1, 1, 1]]), (4, 1)),
              "image_mask": np.array([1, 1, 1, 0], np.int32)} for _ in range(5)]
   mesh = sharding.make_mesh({"fsdp": -1})
-  scores = retrieval.score_matrix(model.apply, params, task, captions, images, mesh=mesh,
+  scores = retrieval_metrics.score_matrix(model.apply, params, task, captions, images, mesh=mesh,
                                   caption_chunk=2, image_chunk=3, progress=False)
   pairs = {k: np.repeat(v, 5, axis=0) for k, v in captions.items()}
-  pairs.update({k: np.stack([im[k] for im in images] * 3) for k in retrieval.IMAGE_KEYS})
+  pairs.update({k: np.stack([im[k] for im in images] * 3) for k in retrieval_metrics.IMAGE_KEYS})
   direct = jax.jit(lambda p, b: model.apply({"params": p}, **b, task_ids=task.task_id,
                                             outputs=("vil_logit",))["vil_logit"])(params, pairs)
   np.testing.assert_allclose(scores, np.asarray(direct).reshape(3, 5), rtol=1e-5, atol=1e-5)

@@ -32,7 +32,7 @@ from twelve_in_one.data.features import FeatureLMDB
 from twelve_in_one.data.generate import GeneratorConfig, generate, layout, pools, read_summary
 from twelve_in_one.data.generate import qa as qa_module
 from twelve_in_one.data.generate.extractor import extract
-from twelve_in_one.data.generate.regions import box_iou
+from twelve_in_one.data.generate.detector import box_iou
 from twelve_in_one.tasks.registry import get_task
 from twelve_in_one.data.generate.scenes import COLOURS, RELATIONS, SHAPES, SIZES, Scene, level, side
 
@@ -446,13 +446,13 @@ def test_pretraining_corpus_is_written_in_the_official_format_and_prepares(tmp_p
   from twelve_in_one.data.concap.pipeline import pretraining_iterator
   from twelve_in_one.data.concap.prepare import prepare_corpus
   from twelve_in_one.data.concap.release import ConcapLMDB, read_captions, split_files
-  from twelve_in_one.data.generate import captions
+  from twelve_in_one.data.generate import pretraining_corpus
 
   release = tmp_path_factory.mktemp("with_corpus") / "release"
   generate(release, seed=0, pretraining_corpus=True, **TINY, **QUIET)
   summary = read_summary(str(release))
-  corpus = release / "datasets" / captions.CORPUS_FOLDER
-  pools = len(captions.CORPUS_POOLS)
+  corpus = release / "datasets" / pretraining_corpus.CORPUS_FOLDER
+  pools = len(pretraining_corpus.CORPUS_POOLS)
   expected = {"train": pools * TINY["num_images"], "val": TINY["num_val_images"] * (pools + 2)}
   for split, count in expected.items():   # the genome pool has three times the val scenes
     lmdb_path, caption_path = split_files(corpus, split)
@@ -463,11 +463,11 @@ def test_pretraining_corpus_is_written_in_the_official_format_and_prepares(tmp_p
       assert record.num_boxes == TINY["num_regions"] and record.caption
       assert record.image_feature_wp.shape == (TINY["num_regions"], 2048)
       targets = record.image_target_wp
-      assert targets.shape == (TINY["num_regions"], captions.NUM_CLASSES)
+      assert targets.shape == (TINY["num_regions"], pretraining_corpus.NUM_CLASSES)
       np.testing.assert_allclose(targets.sum(axis=1), 1.0, rtol=1e-6)
       # Every box puts its mass on the background and at most one object type.
       assert ((targets[:, 1:] > 0).sum(axis=1) <= 1).all()
-      assert (targets[:, len(captions.OBJECT_CLASSES) + 1:] == 0).all()
+      assert (targets[:, len(pretraining_corpus.OBJECT_CLASSES) + 1:] == 0).all()
   # The boxes detected around objects mostly cover them: their object class dominates.
   train = list(ConcapLMDB(split_files(corpus, "train")[0]))
   object_mass = np.concatenate([r.image_target_wp[:, 1:].sum(axis=1) for r in train])
@@ -477,6 +477,6 @@ def test_pretraining_corpus_is_written_in_the_official_format_and_prepares(tmp_p
                  max_boxes=TINY["num_regions"], progress=False, log=lambda line: None)
   batch = next(pretraining_iterator(tmp_path / "prepared", "train", seed=0,
                                     batch_size_per_process=4))
-  assert batch["image_target_kl"].shape == (4, TINY["num_regions"], captions.NUM_CLASSES)
+  assert batch["image_target_kl"].shape == (4, TINY["num_regions"], pretraining_corpus.NUM_CLASSES)
   assert batch["input_ids"].shape == (4, 24)
   assert set(batch["next_sentence_label"].tolist()) <= {0, 1}

@@ -55,9 +55,9 @@ def test_twelve_built_in_tasks_and_their_derived_properties():
 
 
 def test_head_specs_and_their_loss_functions_agree():
-  from twelve_in_one.tasks import heads
-  assert set(heads.HEAD_TYPES) == set(registry.HEAD_SPECS)
-  for name, head in heads.HEAD_TYPES.items():
+  from twelve_in_one.tasks import head_types
+  assert set(head_types.HEAD_TYPES) == set(registry.HEAD_SPECS)
+  for name, head in head_types.HEAD_TYPES.items():
     assert head.output == registry.HEAD_SPECS[name].output
     assert head.metric == registry.HEAD_SPECS[name].metric
 

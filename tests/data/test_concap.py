@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from twelve_in_one import paths
-from twelve_in_one.data.concap import masking, regions, wire
+from twelve_in_one.data.concap import masking, region_geometry, wire
 from twelve_in_one.data.concap.masking import BATCH_KEYS, PretrainingLayout
 from twelve_in_one.data.concap.pipeline import (
     CorpusLookup,
@@ -221,13 +221,13 @@ def test_malformed_files_are_named(tmp_path):
 
 def test_box_processing_follows_the_official_formulas():
   boxes = np.array([[0, 0, 99, 99], [10, 20, 109, 219], [600, 400, 639, 479]], np.float32)
-  location = regions.normalized_locations(boxes, image_w=640, image_h=480)
+  location = region_geometry.normalized_locations(boxes, image_w=640, image_h=480)
   area = (boxes[:, 3] - boxes[:, 1]) * (boxes[:, 2] - boxes[:, 0]) / np.float32(640 * 480)
   expected = np.stack([boxes[:, 0] / 640, boxes[:, 1] / 480, boxes[:, 2] / 640,
                        boxes[:, 3] / 480, area], 1).astype(np.float32)
   np.testing.assert_array_equal(location, expected)
   assert location.dtype == np.float32
-  iou = regions.iou_matrix(boxes)
+  iou = region_geometry.iou_matrix(boxes)
   # "+1 pixel": box 0 is 100x100, box 1 100x200; they share 90x80 pixels.
   assert iou[0, 1] == pytest.approx(90 * 80 / (100 * 100 + 100 * 200 - 90 * 80), rel=1e-6)
   assert iou[0, 2] == 0 and np.allclose(np.diag(iou), 1) and np.allclose(iou, iou.T)
@@ -253,7 +253,7 @@ class FixedDraws:
 
 
 def test_overlap_flags_on_a_hand_layout():
-  flags = regions.overlap_flags(HAND_BOXES)
+  flags = region_geometry.overlap_flags(HAND_BOXES)
   assert flags[0].tolist() == [True, True, False, False, False]   # 0.4 itself is not > 0.4
   masks = masking.mask_regions(flags, FixedDraws([0.01, 0.5, 0.5, 0.5, 0.5]))
   assert masks.selected.tolist() == [True, False, False, False, False]
@@ -270,9 +270,9 @@ def _prepared_record(record: CaptionedImage, caption_ids) -> dict:
   return {"caption_ids": np.asarray(caption_ids, np.int32),
           "image_feat": record.image_feature_wp.astype(np.float16),
           "image_target": record.image_target_wp.astype(np.float16),
-          "image_loc": regions.normalized_locations(record.image_location_wp, record.image_w,
+          "image_loc": region_geometry.normalized_locations(record.image_location_wp, record.image_w,
                                                     record.image_h),
-          "overlap": regions.overlap_flags(record.image_location_wp).astype(np.uint8).ravel()}
+          "overlap": region_geometry.overlap_flags(record.image_location_wp).astype(np.uint8).ravel()}
 
 
 def test_example_layout_and_global_region():

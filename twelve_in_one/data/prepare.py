@@ -13,7 +13,7 @@ What it guarantees:
   (`up_to_date=True`). A damaged file (a truncated shard) is named in one log line and the task
   rebuilt; `verify_checksums=True` also compares every file's SHA-256.
 * **Boxes a few pixels past the image edge** are clipped to the image and counted in the
-  summary and the manifest (`regions.py`); `strict_boxes=True` refuses them instead.
+  summary and the manifest (`data/regions.py`); `strict_boxes=True` refuses them instead.
 * **Never a complete-looking partial dataset.** Everything is built in a hidden sibling
   `.<task>.incomplete-<pid>-<id>` and moved into place with one `rename` once the manifest,
   written last, is there. `open_prepared` only accepts a folder with a manifest. An
@@ -29,7 +29,7 @@ What it guarantees:
 * **Exactly the requested splits.** A run asking for other splits (or other settings)
   rebuilds the task's folder with those splits only.
 * **Random retrieval negatives are *not* stored**: they are drawn at pipeline time from
-  `example_rng(seed, epoch, index)` (see `examples/retrieval.py`), so the prepared data does not
+  `example_rng(seed, epoch, index)` (see `examples/matching.py`), so the prepared data does not
   depend on a seed, each epoch sees fresh negatives as in the official sampler, and the pipeline
   stays process-count invariant.
 """

@@ -66,7 +66,7 @@ def official_results(task: Task, records: Sequence[Mapping[str, Any]],
 
   Args:
     task: the evaluated task.
-    records: our per-item records (`evaluate.metrics.item_records`; ranking records for
+    records: our per-item records (`evaluate.scoring.item_records`; ranking records for
       retrieval).
     scores: retrieval only: the [captions, images] score matrix, rows in `records`' order.
   """

@@ -35,7 +35,7 @@ import numpy as np
 from twelve_in_one import paths
 from twelve_in_one.data.features import (BottomUpTSV, FeatureLMDB, ImageFeatures,
                                          build_image_features, pad_regions)
-from twelve_in_one.evaluate.metrics import CLASSIFIERS, LABEL_NAMES
+from twelve_in_one.evaluate.scoring import CLASSIFIERS, LABEL_NAMES
 from twelve_in_one.models import ViLBertForVLTasks, scan
 from twelve_in_one.models.config import ViLBertConfig
 from twelve_in_one.tasks.registry import Task, get_task

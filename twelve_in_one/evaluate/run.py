@@ -8,7 +8,7 @@ For each task and split (default: the task's official evaluation splits, `Task.e
   cache and eval-step math (`train/`), over one ordered pass with padding masked;
 * retrieval tasks instead score every caption against every image of the split (or its first
   `retrieval_images`, 1000 by default as in the paper; 0 = all, e.g. COCO 5k) and report
-  R@1/5/10, median and mean rank in both directions (`retrieval.py`);
+  R@1/5/10, median and mean rank in both directions (`retrieval_metrics.py`);
 * per-item predictions in `predictions/<task>_<split>.json` (and the score matrix of retrieval
   as `.npy`); VQA and GQA evaluation-server files in `submissions/`; the official scripts'
   `<split>_result.json` / `<split>_others.json` in `official/<task>/` (`official_format.py`);
@@ -31,8 +31,8 @@ import numpy as np
 import tqdm
 
 from twelve_in_one import paths
-from twelve_in_one.evaluate import official_format, paper, retrieval, submission
-from twelve_in_one.evaluate.metrics import (SplitScore, device_fields, item_records,
+from twelve_in_one.evaluate import official_format, paper, retrieval_metrics, submission
+from twelve_in_one.evaluate.scoring import (SplitScore, device_fields, item_records,
                                             make_prediction_step)
 from twelve_in_one.evaluate.restore import LoadedModel, checkpoint_kind, load_model
 from twelve_in_one.evaluate.sources import FirstImages, PreparedSource, SyntheticSource
@@ -231,16 +231,16 @@ def _rank_split(task: Task, split: str, data, loaded: LoadedModel, mesh, rules,
                 ) -> tuple[dict[str, Any], list[dict], np.ndarray]:
   """Every caption against every image: rank metrics, per-caption records, score matrix."""
   ranking = data.ranking(task, split)
-  keep, used = retrieval.limit_images(ranking.caption_image, len(ranking.images),
+  keep, used = retrieval_metrics.limit_images(ranking.caption_image, len(ranking.images),
                                       retrieval_images)
   captions = {k: v[keep] for k, v in ranking.captions.items()}
   caption_image = ranking.caption_image[keep]
-  scores = retrieval.score_matrix(
+  scores = retrieval_metrics.score_matrix(
       loaded.model.apply, loaded.params, task, captions, FirstImages(ranking.images, used),
       mesh=mesh, rules=rules, caption_chunk=caption_chunk, image_chunk=image_chunk,
       progress=progress and jax.process_index() == 0)
-  metrics = retrieval.rank_metrics(scores, caption_image)
-  ranks = retrieval.image_ranks(scores, caption_image)
+  metrics = retrieval_metrics.rank_metrics(scores, caption_image)
+  ranks = retrieval_metrics.image_ranks(scores, caption_image)
   # Stable argsort of the negated scores: equal scores keep image order.
   top = np.argsort(-scores, axis=1, kind="stable")[:, :TOP_IMAGES]
   records = [{"caption_id": int(cid), "image_index": int(gt), "rank": int(rank),

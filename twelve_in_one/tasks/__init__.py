@@ -12,7 +12,7 @@ from twelve_in_one.tasks.registry import (HEAD_SPECS, TASKS, TWELVE_TASKS, HeadS
                                           registered_task, task_by_id, unregister_task)
 
 # Names of the jax-side modules, loaded on first access.
-_LAZY = {"HEAD_TYPES": "heads", "HeadType": "heads", "get_head_type": "heads",
+_LAZY = {"HEAD_TYPES": "head_types", "HeadType": "head_types", "get_head_type": "head_types",
          "model_inputs": "process"}
 
 __all__ = ["HEAD_SPECS", "TASKS", "TWELVE_TASKS", "HeadSpec", "Task", "get_task", "get_tasks",

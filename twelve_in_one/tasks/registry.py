@@ -5,7 +5,7 @@ derives its per-task behaviour from these entries: the config's task settings, t
 builders (`Task.reader`), the generator's paths, the evaluation tables (server files, answer
 vocabularies, the paper's numbers) and the answer heads' sizes (`HeadSpec.answer_head`). The
 module imports nothing but the standard library, so configs and data code read it freely; the
-head types' loss and score functions, which need jax, live in `heads.py`.
+head types' loss and score functions, which need jax, live in `head_types.py`.
 
 Task ids are the official ones (`TASKn` -> n), so the task tokens of the released multi-task
 checkpoint line up with ours. A further task is one `register_task(Task(...))` (or, for a
@@ -29,7 +29,7 @@ PROCESSES = ("normal", "retrieval", "nlvr")
 class HeadSpec:
   """A head type as data: the model output it reads, its target's form and its metric.
 
-  The loss and score functions of each head type are in `heads.py` (they need jax).
+  The loss and score functions of each head type are in `head_types.py` (they need jax).
   """
   name: str
   output: str            # the one model output the task's step computes
@@ -162,9 +162,9 @@ class Task:
 
   @property
   def head(self):
-    """The head type with its loss and score functions (`heads.HeadType`; imports jax)."""
-    from twelve_in_one.tasks import heads  # noqa: PLC0415 (jax only where a step is built)
-    return heads.get_head_type(self.head_type)
+    """The head type with its loss and score functions (`head_types.HeadType`; imports jax)."""
+    from twelve_in_one.tasks import head_types  # noqa: PLC0415 (jax only where a step is built)
+    return head_types.get_head_type(self.head_type)
 
   @property
   def output(self) -> str:

@@ -46,7 +46,7 @@ from typing import Any
 
 import numpy as np
 
-from twelve_in_one.data.concap.regions import GLOBAL_LOCATION, global_feature
+from twelve_in_one.data.concap.region_geometry import GLOBAL_LOCATION, global_feature
 from twelve_in_one.data.pipeline import float16_to_float32
 
 MASK_PROBABILITY = 0.15

@@ -42,7 +42,7 @@ from twelve_in_one.data.concap.prepared import (
   caption_features,
   example_features,
 )
-from twelve_in_one.data.concap.regions import normalized_locations, overlap_flags
+from twelve_in_one.data.concap.region_geometry import normalized_locations, overlap_flags
 from twelve_in_one.data.concap.release import (
   SPLIT_FILES,
   CaptionedImage,

@@ -12,7 +12,7 @@
 An example record holds what does not change between epochs: the caption's word pieces (cut to
 `max_seq_length - 2`), the region features and class distributions as float16, the normalised
 locations with the area as 5th coordinate, and the `IoU > 0.4` flags between its boxes
-(`regions.py`). Masking, the random other caption and the global region are drawn when the
+(`region_geometry.py`). Masking, the random other caption and the global region are drawn when the
 pipeline reads a record (`masking.py`), so each epoch masks afresh.
 
 The shards and metadata are those of every prepared task (`tfds_format.write_split`,

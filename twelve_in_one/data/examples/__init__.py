@@ -39,7 +39,7 @@ from twelve_in_one.data.examples.qa import (
     build_snli_ve_split,
     build_soft_target_split,
 )
-from twelve_in_one.data.examples.retrieval import build_retrieval_split
+from twelve_in_one.data.examples.matching import build_retrieval_split
 from twelve_in_one.data.tokenizer import Tokenizer
 
 if TYPE_CHECKING:

@@ -35,7 +35,7 @@ from twelve_in_one.data.regions import box_overshoot
 if TYPE_CHECKING:
   from twelve_in_one.tasks.registry import Task
 
-# Skip-report reasons of boxes clipped to their image (see `regions.py`), counted by prepare.
+# Skip-report reasons of boxes clipped to their image (see `data/regions.py`), counted by prepare.
 CLIPPED_REGION_BOXES = "region boxes past the image edge (clipped to the image)"
 CLIPPED_REF_BOXES = "annotated boxes past the image edge (clipped to the image)"
 # Marks a finished record whose annotated box was clipped (not a stored feature).
@@ -175,7 +175,7 @@ def check_ref_box(ref_box: Sequence[float], block: ImageBlock, source: str, wher
   """The annotated box to use, and whether it was clipped to its image.
 
   Within `tolerance` px of the image it is kept as annotated; up to `clip` px past the edge it
-  is clipped to the image (see `regions.py`).
+  is clipped to the image (see `data/regions.py`).
 
   Raises:
     DataError: the box reaches further out, or has x2 < x1 or y2 < y1.
@@ -242,7 +242,7 @@ def assemble_example(layout: Layout, index: int, lookup: Lookup, *, seed: int = 
   record = lookup.record(index)
   if layout.kind == "retrieval":
     # Imported here: retrieval.py imports this module.
-    from twelve_in_one.data.examples.retrieval import assemble_retrieval
+    from twelve_in_one.data.examples.matching import assemble_retrieval
     return assemble_retrieval(layout, index, record, lookup, tables or {},
                               example_rng(seed, epoch, index), hard_negatives)
   image_index = np.asarray(record["image_index"]).reshape(-1)

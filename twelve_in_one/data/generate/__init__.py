@@ -39,7 +39,7 @@ from collections.abc import Callable
 from typing import Any
 
 from twelve_in_one.data.generate.baselines import task_baselines
-from twelve_in_one.data.generate.captions import CORPUS_FOLDER
+from twelve_in_one.data.generate.pretraining_corpus import CORPUS_FOLDER
 from twelve_in_one.data.generate.layout import (
     DATAROOTS,
     FEATURES,

@@ -37,8 +37,8 @@ from twelve_in_one.data import annotations as ann
 from twelve_in_one.data.annotations.refer import SPLIT_BY_OF_DATASET
 from twelve_in_one.data.features import FeatureLMDB
 from twelve_in_one.data.generate.layout import DATAROOTS, FEATURES, TRAIN_SPLITS, VAL_SPLITS
-from twelve_in_one.data.generate.regions import box_iou
-from twelve_in_one.data.generate.retrieval import TRAIN_FILE, VAL_FILE
+from twelve_in_one.data.generate.detector import box_iou
+from twelve_in_one.data.generate.caption_sets import TRAIN_FILE, VAL_FILE
 from twelve_in_one.tasks.registry import get_task
 
 # The question-answering formats (`Task.reader`): their chance level is the answer prior of

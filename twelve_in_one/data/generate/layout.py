@@ -71,7 +71,7 @@ class GeneratorConfig:
     num_regions: detector boxes kept per image (the release keeps 100; the
       reader adds the global region, so a task sees ``num_regions + 1``).
     pretraining_corpus: also write the Conceptual Captions-style corpus of
-      the pools' scenes (``captions.py``), for pretraining.
+      the pools' scenes (``pretraining_corpus.py``), for pretraining.
   """
 
   seed: int = 0

@@ -18,7 +18,8 @@ import dataclasses
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
-from twelve_in_one.data.generate import baselines, pointing, qa, referring, retrieval, statements
+from twelve_in_one.data.generate import (baselines, caption_sets, pointing, qa, referring,
+                                         statements)
 from twelve_in_one.data.generate.layout import MAX_OBJECTS, GeneratorConfig
 from twelve_in_one.data.generate.pools import POOL_CODE, PoolImage
 from twelve_in_one.tasks.registry import TASKS, get_task
@@ -85,10 +86,10 @@ PARTS: dict[str, GeneratorPart] = {
                               baselines.pointing_baselines, 18,
                               feature_key=lambda image: f"v7w_{image.image_id}"),
     "retrieval_coco": GeneratorPart(
-        "coco", lambda out, images, config: retrieval.write_retrieval(
+        "coco", lambda out, images, config: caption_sets.write_retrieval(
             out, images, config, "retrieval_coco"), baselines.retrieval_baselines, 22),
     "retrieval_flickr30k": GeneratorPart(
-        "flickr", lambda out, images, config: retrieval.write_retrieval(
+        "flickr", lambda out, images, config: caption_sets.write_retrieval(
             out, images, config, "retrieval_flickr30k"), baselines.retrieval_baselines, 22),
     "refcoco": _refer_part("refcoco", 14),
     "refcoco_plus": _refer_part("refcoco_plus", 14),

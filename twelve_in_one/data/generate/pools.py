@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable, Sequence
 import numpy as np
 
 from twelve_in_one.data.features import write_feature_lmdb
-from twelve_in_one.data.generate import extractor, regions, scenes
+from twelve_in_one.data.generate import detector, extractor, scenes
 from twelve_in_one.data.generate.layout import ID_BASE, GeneratorConfig
 
 POOL_CODE = {"coco": 1, "genome": 2, "flickr": 3, "nlvr2": 4}
@@ -58,7 +58,7 @@ class PoolImage:
   image_id: int | str
   key: str
   scene: scenes.Scene
-  detections: regions.Detections
+  detections: detector.Detections
   features: np.ndarray | None
   mean_feature: np.ndarray
   object_features: np.ndarray
@@ -130,10 +130,10 @@ def build_pool(pool: str, config: GeneratorConfig, out_dir: str) -> list[PoolIma
   """Render, detect and featurise every image of ``pool``; PNGs go under ``out_dir``."""
   specs = scene_specs(pool, config)
   os.makedirs(os.path.join(out_dir, "images", pool), exist_ok=True)
-  found: list[tuple[regions.Detections, np.ndarray]] = []
+  found: list[tuple[detector.Detections, np.ndarray]] = []
   for index, spec in enumerate(specs):
     picture = scenes.render(spec.scene)
-    detections = regions.detect(
+    detections = detector.detect(
         spec.scene, config.num_regions,
         _rng(config, POOL_CODE[pool], SPLIT_CODE[spec.split], index, _DETECT))
     boxes = np.concatenate([detections.boxes, scene_object_boxes(spec.scene)])

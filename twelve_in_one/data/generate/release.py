@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from twelve_in_one.data.annotations.clean import clean_ids_path
-from twelve_in_one.data.generate import captions, layout
+from twelve_in_one.data.generate import layout, pretraining_corpus
 from twelve_in_one.data.generate.layout import GeneratorConfig
 from twelve_in_one.data.generate.parts import GeneratorPart, generated_parts
 from twelve_in_one.data.generate.pools import (
@@ -86,7 +86,7 @@ def write_release(out_dir: str, config: GeneratorConfig,
   datasets_dir = os.path.join(out_dir, "datasets")
   parts = generated_parts()
   pools: dict[str, list[PoolImage]] = {}
-  corpus = captions.CorpusWriter(config) if config.pretraining_corpus else None
+  corpus = pretraining_corpus.CorpusWriter(config) if config.pretraining_corpus else None
   for pool in POOL_CODE:
     start = time.perf_counter()
     pools[pool] = build_pool(pool, config, out_dir)
@@ -101,7 +101,7 @@ def write_release(out_dir: str, config: GeneratorConfig,
     counts[name] = part.write(datasets_dir, pools[part.pool], config)
   _clean_ids(datasets_dir, pools, parts)
   if corpus is not None:
-    counts[captions.CORPUS_FOLDER] = corpus.write(datasets_dir)
+    counts[pretraining_corpus.CORPUS_FOLDER] = corpus.write(datasets_dir)
   say(f"annotations of {len(parts)} datasets in {time.perf_counter() - start:.1f}s")
   counts["images"] = {pool: {split: len(split_images(images, split))
                              for split in ("train", "val", "dev", "test")

@@ -26,7 +26,7 @@ from twelve_in_one.data.annotations import (
 from twelve_in_one.data.annotations.vqa import load_vqa_answer_vocab
 from twelve_in_one.data.generate.layout import DATAROOTS
 from twelve_in_one.data.generate.pools import PoolImage
-from twelve_in_one.data.generate.retrieval import VAL_FILE
+from twelve_in_one.data.generate.caption_sets import VAL_FILE
 
 SCALE = 2
 TARGET, CANDIDATE, DETECTED = (20, 170, 60), (240, 140, 20), (110, 110, 110)

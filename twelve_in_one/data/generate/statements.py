@@ -34,7 +34,7 @@ from twelve_in_one.data.generate import layout, language
 from twelve_in_one.data.generate.balance import Candidate, balanced_sample
 from twelve_in_one.data.generate.layout import DATAROOTS, GeneratorConfig
 from twelve_in_one.data.generate.pools import PoolImage, split_images
-from twelve_in_one.data.generate.retrieval import image_captions
+from twelve_in_one.data.generate.caption_sets import image_captions
 from twelve_in_one.data.generate.scenes import (
     COLOURS,
     SHAPES,

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Callable
 
 import jax
 
-from twelve_in_one.tasks import losses, metrics
+from twelve_in_one.tasks import losses, scores
 from twelve_in_one.tasks.registry import HEAD_SPECS, HeadSpec
 
 if TYPE_CHECKING:
@@ -48,7 +48,7 @@ def _target_at_argmax(loss: Callable[[jax.Array, jax.Array], jax.Array]
                       ) -> tuple[LossOrScore, LossOrScore]:
   """Soft or one-hot targets over classes, scored by the target at the argmax class."""
   return (lambda o, b, t: loss(o[t.output], b["target"]),
-          lambda o, b, t: metrics.target_at_argmax(o[t.output], b["target"]))
+          lambda o, b, t: scores.target_at_argmax(o[t.output], b["target"]))
 
 
 # Head type -> (loss, score). Each reads its task's own output, `Task.output`.
@@ -57,20 +57,20 @@ _FUNCTIONS: dict[str, tuple[LossOrScore, LossOrScore]] = {
     "VL-classifier-GQA": _target_at_argmax(losses.soft_bce_loss),
     "VL-logit": (
         lambda o, b, t: losses.retrieval_ce_loss(o[t.output], b["target"], t.num_options),
-        lambda o, b, t: metrics.option_accuracy(o[t.output], b["target"], t.num_options)),
+        lambda o, b, t: scores.option_accuracy(o[t.output], b["target"], t.num_options)),
     "V-logit": (
         lambda o, b, t: losses.region_bce_loss(o[t.output], b["target"]),
-        lambda o, b, t: metrics.grounding_accuracy(o[t.output], b["target"])),
+        lambda o, b, t: scores.grounding_accuracy(o[t.output], b["target"])),
     "V-logit-mc": (
         lambda o, b, t: losses.candidate_bce_loss(o[t.output], b["multiple_choice_ids"],
                                                   b["target"], t.num_detected_regions),
-        lambda o, b, t: metrics.candidate_accuracy(o[t.output], b["multiple_choice_ids"],
+        lambda o, b, t: scores.candidate_accuracy(o[t.output], b["multiple_choice_ids"],
                                                    b["target"], t.num_detected_regions)),
     "VL-binary-classifier": _target_at_argmax(losses.onehot_bce_loss),
     "VL-tri-classifier": _target_at_argmax(losses.onehot_bce_loss),
 }
 if set(_FUNCTIONS) != set(HEAD_SPECS):
-  raise ImportError(f"heads.py: loss functions for {sorted(_FUNCTIONS)}, but the registry's "
+  raise ImportError(f"head_types.py: loss functions for {sorted(_FUNCTIONS)}, but the registry's "
                     f"head types are {sorted(HEAD_SPECS)}")
 
 HEAD_TYPES: dict[str, HeadType] = {name: HeadType(spec, *_FUNCTIONS[name])

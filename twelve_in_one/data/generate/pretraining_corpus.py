@@ -11,7 +11,7 @@ Images: the training scenes of the COCO-, Visual Genome- and Flickr-like pools g
 scenes, as the real Conceptual Captions overlaps the tasks' image distribution; no test
 scene is in the corpus, so pretraining never sees an image a task is tested on.
 
-Caption: one per image, drawn from the retrieval captions of its scene (`retrieval.captions`)
+Caption: one per image, drawn from the retrieval captions of its scene (`caption_sets.captions`)
 with a stream of its own, so the corpus does not change the task datasets.
 
 Class distribution (`image_target_wp`): what the generated detector "implies" for each box.
@@ -28,10 +28,10 @@ import numpy as np
 
 from twelve_in_one.data.concap.release import SPLIT_FILES, CaptionedImage
 from twelve_in_one.data.concap.writer import write_split
-from twelve_in_one.data.generate import retrieval
+from twelve_in_one.data.generate import caption_sets
 from twelve_in_one.data.generate.layout import GeneratorConfig
 from twelve_in_one.data.generate.pools import POOL_CODE, PoolImage, split_images
-from twelve_in_one.data.generate.regions import box_iou
+from twelve_in_one.data.generate.detector import box_iou
 from twelve_in_one.data.generate.scenes import COLOURS, SHAPES, SIZES, SceneObject
 
 CORPUS_FOLDER = "conceptual_caption"
@@ -72,7 +72,7 @@ def region_classes(image: PoolImage) -> np.ndarray:
 def caption_of(image: PoolImage, config: GeneratorConfig) -> str:
   """The image's one caption (a retrieval caption of its scene, on a stream of its own)."""
   rng = np.random.default_rng([config.seed, POOL_CODE[image.pool], image.index, _CAPTION_STREAM])
-  return retrieval.captions(image.scene, rng)[0]
+  return caption_sets.captions(image.scene, rng)[0]
 
 
 def corpus_records(images: Sequence[PoolImage], split: str, config: GeneratorConfig
