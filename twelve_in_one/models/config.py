@@ -15,7 +15,9 @@ from typing import Any, Mapping, Sequence
 
 # Keys present in official JSON configs that the official model itself never reads, and
 # runtime switches of the official *scripts* that do not change the parameters or the math of
-# `VILBertForVLTasks.forward` in the way we run it. They are accepted and ignored.
+# `VILBertForVLTasks.forward` in the way we run it. The model accepts and ignores them; the
+# trainer reads `fixed_t_layer` / `fixed_v_layer` from the JSON itself (train/options.py:
+# the layers they name stay out of the optimizer, as in the official training).
 IGNORED_OFFICIAL_KEYS = frozenset({
     "bi_intermediate_size", "bi_attention_type", "pooling_method", "v_initializer_range",
     "visual_target", "fast_mode", "in_batch_pairs", "fixed_t_layer", "fixed_v_layer",
