@@ -292,42 +292,44 @@ def _expect_error(task_name, release, data_dir, *fragments, splits=None):
   return str(error.value)
 
 
-def test_bad_inputs_name_file_and_record(tmp_path):
-  release = _fresh_release(tmp_path)
-  data = tmp_path / "prepared"
+def _missing_image(release):
+  """An image id missing from the LMDB: the feature file, the id, the question needing it."""
   vqa = release / "datasets" / "VQA"
-  coco = release / "datasets" / small_task("vqa").features
-  # 1. An image id missing from the LMDB: the feature file, the id, the question needing it.
   questions = vqa / "v2_OpenEnded_mscoco_train2014_questions.json"
-  original = questions.read_text()
-  data_json = json.loads(original)
-  data_json["questions"][0]["image_id"] = 12345
-  questions.write_text(json.dumps(data_json))
+  content = json.loads(questions.read_text())
+  content["questions"][0]["image_id"] = 12345
+  questions.write_text(json.dumps(content))
   _rewrite_pickle(vqa / "cache" / "train_target.pkl",
                   lambda targets: [{**t, "image_id": 12345} if t["question_id"] == 10 else t
                                    for t in targets])
-  _expect_error("vqa", release, data, str(coco), "image id '12345'", str(questions),
-                "question_id 10", splits=["trainval"])
-  # 2. An answer outside the vocabulary: the target pickle and the question id.
-  _rewrite_pickle(vqa / "cache" / "train_target.pkl",
-                  lambda targets: [{**t, "image_id": 12345, "labels": [99, 1]}
-                                   if t["question_id"] == 10 else t for t in targets])
-  _expect_error("vqa", release, data, "train_target.pkl", "question_id 10",
-                "outside the answer vocabulary", splits=["trainval"])
-  # 3. A malformed JSON line: the file and the line number.
+  coco = release / "datasets" / small_task("vqa").features
+  return "vqa", ["trainval"], [str(coco), "image id '12345'", str(questions), "question_id 10"]
+
+
+def _answer_outside_vocabulary(release):
+  """An answer outside the vocabulary: the target pickle and the question id."""
+  _rewrite_pickle(release / "datasets" / "VQA" / "cache" / "train_target.pkl",
+                  lambda targets: [{**t, "labels": [99, 1]} if t["question_id"] == 10 else t
+                                   for t in targets])
+  return "vqa", ["trainval"], ["train_target.pkl", "question_id 10",
+                               "outside the answer vocabulary"]
+
+
+def _malformed_json_line(release):
+  """A malformed JSON line: the file and the line number."""
   lines = release / "datasets" / "cocoRetreival" / "all_data_final_train_2014.jsonline"
   lines.write_text(lines.read_text() + '{"id": 9, "sentences": ["unterminated"\n')
-  _expect_error("retrieval_coco", release, data, str(lines), "line 5", "malformed JSON")
-  # 4. An empty split.
+  return "retrieval_coco", None, [str(lines), "line 5", "malformed JSON"]
+
+
+def _empty_split(release):
   empty = release / "datasets" / "visual_entailment" / "snli_ve_dev.jsonl"
   empty.write_text("")
-  _expect_error("snli_ve", release, data, str(empty), "split 'dev': is empty")
+  return "snli_ve", None, [str(empty), "split 'dev': is empty"]
 
 
-def test_bad_boxes_and_truncated_lmdb(tmp_path):
-  release = _fresh_release(tmp_path)
-  data = tmp_path / "prepared"
-  # 5. A box outside its image in the feature file: the file, the image id, the box.
+def _box_outside_image(release):
+  """A box outside its image in the feature file: the file, the image id, the box."""
   path = release / "datasets" / small_task("snli_ve").features
   close_feature_lmdb(path)
   env = lmdb.open(str(path), map_size=1 << 26)
@@ -336,23 +338,37 @@ def test_bad_boxes_and_truncated_lmdb(tmp_path):
     item["boxes"][1] = [10, 10, 900, 50]          # the image is 500 wide
     txn.put(b"1001", pickle.dumps(item))
   env.close()
-  _expect_error("snli_ve", release, data, str(path), "image id '1001', box 1",
-                "outside the 500x333 image")
-  # 6. The NLVR2 file loses b"keys", as an interrupted convert_to_lmdb.py leaves it.
+  return "snli_ve", None, [str(path), "image id '1001', box 1", "outside the 500x333 image"]
+
+
+def _lmdb_without_keys(release):
+  """The NLVR2 file loses b"keys", as an interrupted convert_to_lmdb.py leaves it."""
   nlvr2 = release / "datasets" / small_task("nlvr2").features
   close_feature_lmdb(nlvr2)
   env = lmdb.open(str(nlvr2), map_size=1 << 26)
   with env.begin(write=True) as txn:
     txn.delete(b"keys")
   env.close()
-  _expect_error("nlvr2", release, data, str(nlvr2), "b'keys'", "interrupted")
-  # An annotated box outside its image (RefCOCO): the refs file and the ref.
+  return "nlvr2", None, [str(nlvr2), "b'keys'", "interrupted"]
+
+
+def _annotated_box_outside_image(release):
+  """An annotated box outside its image (RefCOCO): the refs file and the ref."""
   instances = release / "datasets" / "refcoco" / "refcoco" / "instances.json"
   content = json.loads(instances.read_text())
   content["annotations"][0]["bbox"] = [600, 400, 100, 100]
   instances.write_text(json.dumps(content))
-  _expect_error("refcoco", release, data, "refs(unc).p", "ref_id 100",
-                "outside its 640x480 image", splits=["train"])
+  return "refcoco", ["train"], ["refs(unc).p", "ref_id 100", "outside its 640x480 image"]
+
+
+@pytest.mark.parametrize("damage", [
+    _missing_image, _answer_outside_vocabulary, _malformed_json_line, _empty_split,
+    _box_outside_image, _lmdb_without_keys, _annotated_box_outside_image],
+    ids=lambda damage: damage.__name__.strip("_"))
+def test_bad_input_is_named_and_nothing_looks_prepared(tmp_path, damage):
+  release = _fresh_release(tmp_path)
+  task, splits, fragments = damage(release)
+  _expect_error(task, release, tmp_path / "prepared", *fragments, splits=splits)
 
 
 def test_prepare_command(release, tmp_path):
