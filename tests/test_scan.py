@@ -173,8 +173,8 @@ def test_remat_inside_the_scan_keeps_loss_and_gradients():
 def test_remat_inside_the_scan_shrinks_the_backward_passs_memory():
   """`nn.remat` in a scan's body is not undone by XLA:CPU's scheduler (the loop keeps each
   step's recomputation in its own backward iteration): it saves a like share of the
-  temporaries as `models/remat.py` saves for the unrolled layers. Measured here at 0.7 of
-  it (-O0, this layout) and 1.09 on `base` at batch 8 (BENCHMARKS.md)."""
+  temporaries as `models/remat.py` saves for the unrolled layers (the `base` figures:
+  BENCHMARKS.md, "Encoder layers as a scan")."""
   cfg = LAYOUTS["released"]
   task = get_task("vqa")
   batch = random_batch(task, 64, vocab_size=cfg.vocab_size, seq_len=12, num_regions=36,

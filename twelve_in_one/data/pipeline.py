@@ -46,7 +46,7 @@ _CHUNK = 1 << 16
 def float16_to_float32(source: np.ndarray, out: np.ndarray) -> np.ndarray:
   """Write `source` (finite float16) into `out` (float32, same size), bit-exactly.
 
-  numpy's float16 cast is scalar code (~2 ns/value); this moves the exponent and mantissa
+  numpy's float16 cast is scalar code (BENCHMARKS.md, input pipeline); this moves the exponent and mantissa
   into float32 position with integer ops and rescales the exponent bias with one multiply
   (2^(127-15)), which also turns float16 subnormals into the right float32 values. Prepared
   datasets hold only finite values (checked by `prepare`); inf/nan would come out wrong.

@@ -65,8 +65,8 @@ _BYTES = _F.Encoding.BYTES
 
 
 def _tensor(shape: tuple[int | None, ...], dtype: Any) -> _F.Tensor:
-  # BYTES encoding stores the raw buffer; the default encoding writes float lists and is
-  # ~50x slower for 2048-wide features.
+  # BYTES encoding stores the raw buffer; the default encoding writes float lists, far slower
+  # to encode and decode for 2048-wide features.
   return _F.Tensor(shape=shape, dtype=dtype, encoding=_BYTES)
 
 
