@@ -177,7 +177,7 @@ def _check_boxes(boxes: np.ndarray, width: int, height: int, tolerance: float, c
   """The mask of boxes to clip (None if none); DataError naming the first bad box."""
   overshoot = box_overshoot(boxes, width, height)
   bad = ~np.isfinite(boxes).all(axis=1) | ~(overshoot <= max(tolerance, clip))
-  # x2 < x1 is what an [x, y, w, h] box read as xyxy looks like (issue #77).
+  # x2 < x1 is what an [x, y, w, h] box read as xyxy looks like.
   bad |= (boxes[:, 2] < boxes[:, 0]) | (boxes[:, 3] < boxes[:, 1])
   if bad.any():
     index = int(np.flatnonzero(bad)[0])
