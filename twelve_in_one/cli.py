@@ -4,10 +4,10 @@ Each command is a module `twelve_in_one.commands.<command>` that defines its abs
 `main(argv)`; the flags of one command are only defined when that command runs, so
 `--help` of each command lists its own flags only.
 
-Run from the command line, `train` and `study` on the CPU backend first re-execute themselves
-once with glibc's huge-page tunable set (`hostmem.py`: faster CPU training steps, measured in
-BENCHMARKS.md); set `GLIBC_TUNABLES=glibc.malloc.hugetlb=0` to opt out. Other commands, and
-runs on TPU or GPU, start as they are.
+Run from the command line, `train`, `pretrain` and `study` on the CPU backend first
+re-execute themselves once with glibc's huge-page tunable set (`hostmem.py`: faster CPU
+training steps, measured in BENCHMARKS.md); set `GLIBC_TUNABLES=glibc.malloc.hugetlb=0` to
+opt out. Other commands, and runs on TPU or GPU, start as they are.
 
 Errors a user can fix are printed as one line on stderr, `twelve-in-one <command>: error: ...`,
 with the exit status saying whose move it is:
@@ -15,7 +15,8 @@ with the exit status saying whose move it is:
     2    usage and config: an unknown flag or config key, a bad config value (ValueError)
     1    data and I/O: a malformed file (DataError), a missing file or bucket, a full disk
          (OSError), a training run that diverged (FloatingPointError)
-    143  `train` was preempted (SIGTERM) after saving; rerun the same command to resume
+    143  `train` or `pretrain` was preempted (SIGTERM) after saving; rerun the same command
+         to resume
 
 `--traceback` (or `TWELVE_IN_ONE_TRACEBACK=1`) shows the full traceback instead.
 `twelve-in-one <command> --help` lists that command's own flags and exits 0.
@@ -31,6 +32,7 @@ from twelve_in_one import hostmem
 
 COMMANDS = {
     "train": "multi-task training (round-robin, DSG), resuming from the workdir",
+    "pretrain": "pretraining on Conceptual Captions (train_concap.py), resuming from the workdir",
     "forward": "run every task's forward pass on random inputs (a smoke test of the model)",
     "convert": "official PyTorch / npz / safetensors checkpoint <-> our orbax checkpoint",
     "parity": "compare our forward with reference outputs from the official code",

@@ -38,7 +38,7 @@ from typing import Callable, Mapping, Sequence
 
 HUGETLB = "glibc.malloc.hugetlb"
 # The commands whose CPU runs spend their time in training steps.
-HUGE_PAGE_COMMANDS = ("train", "study")
+HUGE_PAGE_COMMANDS = ("train", "pretrain", "study")
 # JAX platform names -> the backend families decided here.
 _PLATFORMS = {"cpu": "cpu", "tpu": "tpu", "gpu": "gpu", "cuda": "gpu", "rocm": "gpu"}
 # JAX's GPU plugin packages (`jax[cuda12]`, `jax[cuda13]`, `jax[rocm]`), by module name.
