@@ -48,7 +48,7 @@ def test_commands_that_do_not_train_never_reexec(command):
                                       has_module=_no_modules)
 
 
-@pytest.mark.parametrize("command", ["train", "study"])
+@pytest.mark.parametrize("command", ["train", "pretrain", "study"])
 def test_training_reexecs_on_cpu_only(command):
   assert hostmem.wants_huge_pages(command, {"JAX_PLATFORMS": "cpu"})
   assert hostmem.wants_huge_pages(command, {"JAX_PLATFORM_NAME": "cpu"})
