@@ -5,9 +5,9 @@ glibc serves allocations that large with `mmap` and returns them with `munmap`, 
 training step touches its temporaries as brand-new 4 KiB pages, one page fault each (their
 count and cost are in BENCHMARKS.md). Asking glibc to back its memory with transparent huge
 pages (the `glibc.malloc.hugetlb=1` tunable, glibc >= 2.35, honoured where THP is `madvise`
-or `always`) cuts the faults about 64-fold (BENCHMARKS.md, "Huge pages"). glibc reads its tunables only when a
-process starts, so the commands that train (`train`, `study`) re-execute themselves once with
-the tunable set, when the run will compute on the CPU. On TPU and GPU a step's temporaries live
+or `always`) cuts the faults about 64-fold (BENCHMARKS.md, "Huge pages"). glibc reads its
+tunables only when a process starts, so the commands that train (`train`, `pretrain`, `study`)
+re-execute themselves once with the tunable set, when the run will compute on the CPU. On TPU and GPU a step's temporaries live
 in device memory, so the re-exec would only cost a start-up; the other commands (`eval`,
 `plot`, `prepare`, ...) never re-execute.
 
