@@ -7,9 +7,9 @@ count and cost are in BENCHMARKS.md). Asking glibc to back its memory with trans
 pages (the `glibc.malloc.hugetlb=1` tunable, glibc >= 2.35, honoured where THP is `madvise`
 or `always`) cuts the faults about 64-fold (BENCHMARKS.md, "Huge pages"). glibc reads its
 tunables only when a process starts, so the commands that train (`train`, `pretrain`, `study`)
-re-execute themselves once with the tunable set, when the run will compute on the CPU. On TPU and GPU a step's temporaries live
-in device memory, so the re-exec would only cost a start-up; the other commands (`eval`,
-`plot`, `prepare`, ...) never re-execute.
+re-execute themselves once with the tunable set, when the run will compute on the CPU. On
+TPU and GPU a step's temporaries live in device memory, so the re-exec would only cost a
+start-up; the other commands (`eval`, `plot`, `prepare`, ...) never re-execute.
 
 The backend is decided before jax is imported (`expected_backend`): `JAX_PLATFORMS`, else
 `JAX_PLATFORM_NAME`, names it when set (its first entry: JAX's highest priority). Otherwise an
