@@ -10,7 +10,7 @@ import pytest
 from flax import traverse_util
 from ml_collections import config_dict
 
-from twelve_in_one.commands.convert import convert_export, convert_import
+from twelve_in_one.interop.convert import convert_export, convert_import
 from twelve_in_one.interop.checkpoint_io import (ARCHITECTURE_KEY, load_params,
                                                  read_official_config, read_state_dict)
 from twelve_in_one.interop.names import is_unused_official

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from twelve_in_one.commands.convert import convert_export
+from twelve_in_one.interop.convert import convert_export
 from twelve_in_one.data.concap.prepare import prepare_corpus
 from twelve_in_one.data.concap.release import CaptionedImage
 from twelve_in_one.data.concap.writer import write_split

@@ -119,17 +119,14 @@ def test_the_built_in_tasks_cannot_be_removed():
 
 
 def test_a_split_may_read_its_own_feature_file():
-  from absl import app
-
-  from twelve_in_one.commands.prepare import with_split_features
   vqa = get_task("vqa")
   assert vqa.features_for("test").endswith("COCO_test_resnext152_faster_rcnn_genome.lmdb")
   assert vqa.features_for("trainval") == vqa.features_for("minval") == vqa.features
-  pointed = with_split_features(vqa, ["test=/disk/test2015.lmdb", "minval=val.lmdb"])
+  pointed = vqa.with_split_features(["test=/disk/test2015.lmdb", "minval=val.lmdb"])
   assert pointed.features_for("test") == "/disk/test2015.lmdb"
   assert pointed.features_for("minval") == "val.lmdb"
   assert pointed.features_for("trainval") == vqa.features
-  with pytest.raises(app.UsageError, match="--features 'test': expected SPLIT=LMDB"):
-    with_split_features(vqa, ["test"])
+  with pytest.raises(ValueError, match="--features 'test': expected SPLIT=LMDB"):
+    vqa.with_split_features(["test"])
   with pytest.raises(ValueError, match="task 'vqa': split_features entry"):
     dataclasses.replace(vqa, split_features=(("test", ""),))

@@ -17,7 +17,6 @@ release itself must be on a local disk (or a gcsfuse mount).
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 
 from absl import app, flags
@@ -26,7 +25,7 @@ from twelve_in_one.data.errors import DataError
 from twelve_in_one.data.features import DEFAULT_BOX_CLIP, DEFAULT_BOX_TOLERANCE
 from twelve_in_one.data.prepare import prepare
 from twelve_in_one.paths import LocationError
-from twelve_in_one.tasks.registry import Task, get_task
+from twelve_in_one.tasks.registry import get_task
 
 _TASK = flags.DEFINE_string("task", None, "task name, official name or TASKn key",
                             required=True)
@@ -57,25 +56,16 @@ _VERIFY_CHECKSUMS = flags.DEFINE_bool("verify_checksums", False, "before answeri
                                       "are always checked)")
 
 
-def with_split_features(task: Task, pairs: list[str]) -> Task:
-  """`task` reading each `SPLIT=LMDB` pair's features from that file."""
-  chosen = dict(task.split_features)
-  for pair in pairs:
-    split, _, path = pair.partition("=")
-    if not split or not path:
-      raise app.UsageError(f"--features {pair!r}: expected SPLIT=LMDB, e.g. "
-                           "test=coco/features_100/COCO_test_resnext152_faster_rcnn_genome.lmdb")
-    chosen[split] = path
-  return dataclasses.replace(task, split_features=tuple(chosen.items()))
-
-
 def main(argv):
   if len(argv) > 1:
     raise SystemExit(f"unexpected arguments: {argv[1:]}")
   try:
     task = _TASK.value
     if _FEATURES.value:
-      task = with_split_features(get_task(task), _FEATURES.value)
+      try:
+        task = get_task(task).with_split_features(_FEATURES.value)
+      except ValueError as error:
+        raise app.UsageError(str(error)) from None
     prepare(task, _RELEASE_DIR.value, _DATA_DIR.value, splits=_SPLITS.value,
             vocab_path=_VOCAB.value, clean=_CLEAN.value, overwrite=_OVERWRITE.value,
             progress=_PROGRESS.value, strict_boxes=_STRICT_BOXES.value,

@@ -156,6 +156,17 @@ class Task:
     """The detected-region LMDB of `split` (relative to the release's datasets/)."""
     return dict(self.split_features).get(split, self.features)
 
+  def with_split_features(self, pairs: Iterable[str]) -> "Task":
+    """This task reading each `SPLIT=LMDB` pair's features from that file."""
+    chosen = dict(self.split_features)
+    for pair in pairs:
+      split, _, path = pair.partition("=")
+      if not split or not path:
+        raise ValueError(f"--features {pair!r}: expected SPLIT=LMDB, e.g. "
+                         "test=coco/features_100/COCO_test_resnext152_faster_rcnn_genome.lmdb")
+      chosen[split] = path
+    return dataclasses.replace(self, split_features=tuple(chosen.items()))
+
   @property
   def head_spec(self) -> HeadSpec:
     return HEAD_SPECS[self.head_type]
