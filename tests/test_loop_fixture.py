@@ -80,7 +80,10 @@ def _run(mode, trace, setup, checkpoint_dir=None):
       model.apply, task, StepSettings(config, loss_scale=settings["loss_scale"][key],
                                       deterministic=True)),
       donate_argnums=(0,)) for key, task in tasks.items()}
-  live = {"state": create_state(params, config), "iteration": 0}
+  # Committed to one device, as the restored state is: otherwise the steps would compile
+  # again for the restored arrays' sharding.
+  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  live = {"state": jax.device_put(create_state(params, config), device), "iteration": 0}
   rng = jax.random.key(0)
   scores = {key: list(values) for key, values in trace["scores"].items()}
   steps_taken, evaluations = [], []
@@ -99,7 +102,8 @@ def _run(mode, trace, setup, checkpoint_dir=None):
       checkpointer = Checkpointer(str(checkpoint_dir), asynchronous=False)
       checkpointer.save(iteration, live["state"], {"schedule": schedule.to_json(),
                                                    "lr_schedule": lr.to_json()})
-      abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), live["state"])
+      abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
+                              live["state"])
       live["state"] = None
       _, restored, host = checkpointer.restore_latest(abstract)
       checkpointer.close()

@@ -43,6 +43,9 @@ LAYOUTS = {
                             v_biattention_id=(0, 1, 2)),
     # Blocks of different shapes: one stack each, and a single leading text layer.
     "uneven": tiny_config(t_biattention_id=(1, 2, 4), v_biattention_id=(0, 1, 2)),
+    # Both at once: a stack of two uniform blocks, then a block of another shape.
+    "mixed": tiny_config(num_hidden_layers=6, t_biattention_id=(1, 2, 3, 5),
+                         v_num_hidden_layers=4, v_biattention_id=(0, 1, 2, 3)),
 }
 
 
@@ -63,6 +66,8 @@ def test_plan_of_the_released_config():
       [("text_0", "layer_7"), ("visual_0", "v_layer_1"), ("coattention", "c_layer_2")]]
   uneven = [e.name for e in scan.stacks(LAYOUTS["uneven"])]
   assert uneven == ["text_layers_0_to_0", "blocks_1_to_1", "blocks_2_to_2"]
+  mixed = [(e.name, len(e.steps)) for e in scan.stacks(LAYOUTS["mixed"])]
+  assert mixed == [("text_layers_0_to_0", 1), ("blocks_1_to_2", 2), ("blocks_3_to_3", 1)]
 
 
 def test_stacked_parameters_have_a_leading_layers_axis_and_the_same_count():
@@ -121,8 +126,8 @@ def _run(cfg, params, dtype):
 
 
 # The fixture's layout is compared against the official outputs with scan on as well
-# (tests/test_parity.py); here the layouts it lacks: a multi-step stack and uneven blocks.
-@pytest.fixture(scope="module", params=["released", "uneven"])
+# (tests/test_parity.py); here what it lacks: a multi-step stack beside a block of another shape.
+@pytest.fixture(scope="module", params=["mixed"])
 def runs(request):
   cfg = LAYOUTS[request.param]
   params = init_params(ViLBertForVLTasks(cfg), jax.random.key(0))
