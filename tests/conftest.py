@@ -61,8 +61,16 @@ def tiny_straight_run(tmp_path_factory):
 # (`-n 2 --dist loadfile`). Files are handed out in collection order, so the longest ones
 # (whole training runs: minutes of XLA compilation each) go first; otherwise the largest,
 # test_train.py, would start last and finish alone. Without xdist the order is harmless.
-_LONGEST_FIRST = ("test_train.py", "test_main_job.py", "test_scan.py", "test_train_processes.py",
-                  "test_cloud.py", "test_faults_train.py", "test_model.py", "test_evaluate.py")
+_LONGEST_FIRST = ("test_loop_fixture.py", "test_train.py", "test_train_processes.py",
+                  "test_pretrain_train.py", "test_scan.py", "test_main_job.py", "test_model.py",
+                  "test_faults_train.py", "test_cloud.py", "test_train_options.py",
+                  "test_train_fixture.py", "test_pretrain_fixture.py", "test_thirteenth_task.py")
+
+
+def pytest_configure(config):
+  # xdist reorders files by their number of tests unless told not to; keep the order above.
+  if hasattr(config.option, "loadscopereorder"):
+    config.option.loadscopereorder = False
 
 
 def pytest_collection_modifyitems(items):
