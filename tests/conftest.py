@@ -16,7 +16,7 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # gcsfs probes each bucket's storage layout over gRPC, which the local Cloud Storage emulator
 # (tests/gcs_emulator.py) cannot answer; it reads this setting once, at import.
 os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
-# One persistent compilation cache for the whole session (and its subprocesses): the same
+# One persistent compilation cache for the whole test run (and its subprocesses): the same
 # tiny-model programs are compiled by many tests and by each resumed training run.
 _CACHE = os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
                                os.path.join(tempfile.gettempdir(), "twelve_in_one_jax_cache"))

@@ -265,7 +265,7 @@ def test_command_saves_on_sigterm_exits_143_and_resumes(corpus_dir, straight_run
              "--config.model.vocab_size=0", f"--config.batch_size={BATCH}",
              f"--config.schedule.num_epochs={STEPS // (NUM_TRAIN // BATCH)}",
              "--config.optimizer.lr=0.01", "--config.checkpoint.every_steps=100",
-             "--config.compilation_cache_dir="]   # the session's cache (conftest)
+             "--config.compilation_cache_dir="]   # the test run's cache (conftest)
   process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                              text=True, cwd=REPO)
   seen = ""

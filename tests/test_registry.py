@@ -126,7 +126,7 @@ def test_a_split_may_read_its_own_feature_file():
   assert pointed.features_for("test") == "/disk/test2015.lmdb"
   assert pointed.features_for("minval") == "val.lmdb"
   assert pointed.features_for("trainval") == vqa.features
-  with pytest.raises(ValueError, match="--features 'test': expected SPLIT=LMDB"):
+  with pytest.raises(ValueError, match="split features 'test': expected SPLIT=LMDB"):
     vqa.with_split_features(["test"])
   with pytest.raises(ValueError, match="task 'vqa': split_features entry"):
     dataclasses.replace(vqa, split_features=(("test", ""),))

@@ -65,7 +65,7 @@ def main(argv):
       try:
         task = get_task(task).with_split_features(_FEATURES.value)
       except ValueError as error:
-        raise app.UsageError(str(error)) from None
+        raise app.UsageError(f"--features: {error}") from None
     prepare(task, _RELEASE_DIR.value, _DATA_DIR.value, splits=_SPLITS.value,
             vocab_path=_VOCAB.value, clean=_CLEAN.value, overwrite=_OVERWRITE.value,
             progress=_PROGRESS.value, strict_boxes=_STRICT_BOXES.value,

@@ -162,7 +162,7 @@ class Task:
     for pair in pairs:
       split, _, path = pair.partition("=")
       if not split or not path:
-        raise ValueError(f"--features {pair!r}: expected SPLIT=LMDB, e.g. "
+        raise ValueError(f"split features {pair!r}: expected SPLIT=LMDB, e.g. "
                          "test=coco/features_100/COCO_test_resnext152_faster_rcnn_genome.lmdb")
       chosen[split] = path
     return dataclasses.replace(self, split_features=tuple(chosen.items()))
