@@ -389,18 +389,35 @@ def test_pointing_dialogues_and_statements_are_true(tiny):
     assert len(fits) == 1
     np.testing.assert_allclose(fits[0], entry["ref_box"], atol=0.01)
   names = {0: "contradiction", 1: "neutral", 2: "entailment"}
+  positions = {"on the left side of the picture": lambda o, scene: side(scene, o) == "left",
+               "on the right side of the picture": lambda o, scene: side(scene, o) == "right",
+               "in the upper half of the picture": lambda o, scene: level(scene, o) == "top",
+               "in the lower half of the picture": lambda o, scene: level(scene, o) == "bottom"}
+  seen = set()
   for entry in _load(datasets, "snli_ve", "train"):
     scene = scenes["flickr"][entry["image_id"]]
-    match = re.fullmatch(r"The (.+) is (?:a )?(\w+)\.", entry["hypothesis"])
-    if not match:
-      continue
+    match = re.fullmatch(r"The (.+?) is (?:a )?(.+)\.", entry["hypothesis"])
+    assert match, entry["hypothesis"]
     subject = {("size" if w in SIZES else "colour" if w in COLOURS else "shape"): w
                for w in match[1].split() if w != "object"}
-    key = "size" if match[2] in SIZES else "colour" if match[2] in COLOURS else "shape"
     named = [o for o in scene.objects if all(getattr(o, k) == v for k, v in subject.items())]
-    values = [getattr(o, key) == match[2] for o in named]
-    label = "entailment" if all(values) else "contradiction" if not any(values) else "neutral"
-    assert named and names[entry["answer"]["labels"][0]] == label, entry["hypothesis"]
+    label = names[entry["answer"]["labels"][0]]
+    seen.add(label)
+    # Neutral: the subject names no object; otherwise it names exactly one, and the predicate
+    # decides between entailment and contradiction.
+    assert len(named) <= 1, entry["hypothesis"]
+    if not named:
+      assert label == "neutral", entry["hypothesis"]
+      continue
+    if match[2] in positions:
+      clear = side if "side" in match[2] else level   # no position near the middle is used
+      assert clear(scene, named[0]) is not None, entry["hypothesis"]
+      truth = positions[match[2]](named[0], scene)
+    else:
+      key = "size" if match[2] in SIZES else "colour" if match[2] in COLOURS else "shape"
+      truth = getattr(named[0], key) == match[2]
+    assert label == ("entailment" if truth else "contradiction"), entry["hypothesis"]
+  assert seen == set(names.values())
   for entry in _load(datasets, "nlvr2", "train"):
     pair = [scenes["nlvr2"][entry["image_id_0"]], scenes["nlvr2"][entry["image_id_1"]]]
     both = re.fullmatch(r"Both images contain an? (\w+)( object)?\.", entry["sentence"])

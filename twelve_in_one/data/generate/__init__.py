@@ -56,7 +56,7 @@ __all__ = ["GeneratorConfig", "SUMMARY_FILE", "generate", "read_summary"]
 
 SUMMARY_FILE = "summary.json"
 # Version 2: VQA test2015 images in a feature file of their own; the optional pretraining corpus.
-FORMAT = "twelve_in_one generated release, version 2"
+FORMAT = "twelve_in_one generated release, version 3"
 
 
 def read_summary(out_dir: str | os.PathLike[str]) -> dict[str, Any] | None:

@@ -7,15 +7,19 @@ off the two scene graphs; statements are chosen so that each statement
 string is true as often as it is false (see ``balance.py``).
 
 **SNLI-VE**: the premise is the image, the hypothesis a sentence "The
-<subject> <predicate>." about the objects the subject names. The label is
-scene-dependent, so the same hypothesis can take all three labels:
+<subject> <predicate>." The subject is a definite description ("the red
+circle", "the small square", "the green object"); the label depends on the
+scene, so the same hypothesis takes all three labels across images:
 
-* entailment: every object the subject names satisfies the predicate;
-* contradiction: none of them does;
-* neutral: some do and some do not, so the sentence may or may not be
-  true depending on which object is meant (the image does not settle it).
+* entailment: the subject names exactly one object, and the predicate holds
+  of it;
+* contradiction: the subject names exactly one object, and the predicate
+  does not hold of it;
+* neutral: the subject names no object in the image, so the image says
+  nothing about the sentence either way.
 
-Hypotheses whose subject names no object are not generated.
+Subjects that name several objects are not used: "the circle" would be
+ambiguous there.
 
 Files: ``nlvr2/{train,dev,test}.json`` (JSON-lines; identifiers
 ``<split>-<set>-<pair>-<k>``, whose images are keyed ``...-img0/1``) and
@@ -38,6 +42,7 @@ from twelve_in_one.data.generate.caption_sets import image_captions
 from twelve_in_one.data.generate.scenes import (
     COLOURS,
     SHAPES,
+    SIZES,
     Scene,
     SceneObject,
     count,
@@ -111,11 +116,11 @@ def language_pieces(text: str) -> int:
 
 
 # SNLI-VE subjects: (text, attributes named); predicates: (attribute, text, truth).
-def _subjects(obj: SceneObject) -> list[tuple[str, dict[str, str]]]:
-  return [(f"The {obj.shape}", {"shape": obj.shape}),
-          (f"The {obj.colour} object", {"colour": obj.colour}),
-          (f"The {obj.size} {obj.shape}", {"size": obj.size, "shape": obj.shape}),
-          (f"The {obj.colour} {obj.shape}", {"colour": obj.colour, "shape": obj.shape})]
+def _subjects(shape: str, colour: str, size: str) -> list[tuple[str, dict[str, str]]]:
+  return [(f"The {shape}", {"shape": shape}),
+          (f"The {colour} object", {"colour": colour}),
+          (f"The {size} {shape}", {"size": size, "shape": shape}),
+          (f"The {colour} {shape}", {"colour": colour, "shape": shape})]
 
 
 def _predicates(scene: Scene) -> list[tuple[str, str, Callable[[SceneObject], bool | None]]]:
@@ -124,7 +129,7 @@ def _predicates(scene: Scene) -> list[tuple[str, str, Callable[[SceneObject], bo
     preds.append(("colour", f"is {colour}", lambda o, c=colour: o.colour == c))
   for shape in SHAPES:
     preds.append(("shape", f"is a {shape}", lambda o, s=shape: o.shape == s))
-  for size in ("small", "large"):
+  for size in SIZES:
     preds.append(("size", f"is {size}", lambda o, z=size: o.size == z))
   preds.append(("position", "is on the left side of the picture",
                 lambda o: None if side(scene, o) is None else side(scene, o) == "left"))
@@ -138,28 +143,34 @@ def _predicates(scene: Scene) -> list[tuple[str, str, Callable[[SceneObject], bo
 
 
 def snli_ve_candidates(scene: Scene) -> list[tuple[str, str, str]]:
-  """``(kind, hypothesis, label)`` candidates for one image."""
+  """``(kind, hypothesis, label)`` candidates for one image.
+
+  Every subject the scene's objects could be named by is a candidate, and so is every subject
+  of the same forms for an object type the scene lacks (neutral).
+  """
   out: list[tuple[str, str, str]] = []
   subjects = {}
-  for obj in scene.objects:
-    for text, attributes in _subjects(obj):
-      subjects[text] = attributes
+  for shape in SHAPES:
+    for colour in COLOURS:
+      for size in SIZES:
+        for text, attributes in _subjects(shape, colour, size):
+          subjects[text] = attributes
   predicates = _predicates(scene)
   for subject, attributes in sorted(subjects.items()):
     named = [o for o in scene.objects
              if all(getattr(o, key) == value for key, value in attributes.items())]
+    if len(named) > 1:
+      continue  # an ambiguous description
     for attribute, text, truth in predicates:
       if attribute in attributes:
         continue
-      values = [truth(o) for o in named]
-      if None in values:
-        continue  # an object near the middle: the position is not clear-cut
-      if all(values):
-        label = "entailment"
-      elif not any(values):
-        label = "contradiction"
-      else:
+      if not named:
         label = "neutral"
+      else:
+        value = truth(named[0])
+        if value is None:
+          continue  # an object near the middle: the position is not clear-cut
+        label = "entailment" if value else "contradiction"
       out.append((attribute, f"{subject} {text}.", label))
   return out
 
