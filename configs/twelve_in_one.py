@@ -68,6 +68,15 @@ def _mesh_preset(name):
   return _mesh_module().preset(name)
 
 
+def _pretraining(variant):
+  """`configs/pretrain.py:<variant>`, the config of the run's pretraining phase."""
+  spec = importlib.util.spec_from_file_location(
+      "twelve_in_one_pretrain_config", os.path.join(os.path.dirname(__file__), "pretrain.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(variant)
+
+
 def _task_settings(names, shrink=None):
   """`config.task_settings`: each task's registry settings, then `shrink(task)`'s changes."""
   settings = config_dict.ConfigDict()
@@ -159,6 +168,16 @@ def get_config(arg=None):
   config.mesh.rules = rules
 
   config.init = config_dict.ConfigDict(dict(checkpoint="", bert="", ignore_unexpected=False))
+  # The pretraining phase (train/pretraining_phase.py): with `enabled`, the run first pretrains
+  # as `twelve-in-one pretrain` does with this config (configs/pretrain.py) in
+  # <workdir>/pretrain, then trains the tasks from its export instead of config.init. On in the
+  # smoke main job; the paper's variants start from the released pretrained_model.bin
+  # (config.init.checkpoint) or a `twelve-in-one pretrain` run of their own. Its seed is
+  # config.seed (one value: setting either sets both).
+  config.pretraining = _pretraining("tiny" if variant == "tiny" else
+                                    "smoke" if variant == "smoke" else "concap")
+  config.pretraining.enabled = False
+  config.pretraining.seed = config.get_ref("seed")
   config.checkpoint = config_dict.ConfigDict(dict(every_iterations=1000, keep=3,
                                                   asynchronous=True))
   config.log_every = 50
@@ -208,6 +227,7 @@ def get_config(arg=None):
     config.checkpoint.every_iterations = 50
     config.log_every = 10
     config.eval_max_batches = 8
+    config.pretraining.enabled = True
 
     # Shapes fit the generated data, not the release's: text lengths the longest generated
     # text plus a margin (attention and the FFNs cost per token, and GuessWhat's 256 would

@@ -1,4 +1,5 @@
-"""A tiny version of the README's main job, end to end: generate -> prepare -> train -> table.
+"""A tiny version of the README's main job, end to end: generate -> prepare -> pretrain ->
+train -> table.
 
 Same code path as `twelve-in-one train --config configs/twelve_in_one.py:smoke`, with the tiny
 model, a tiny generated release, one iteration and two tasks of different families (answer
@@ -9,10 +10,14 @@ preparation is covered by tests/data and tests/test_generate.py.
 
 import json
 
+import flax
+import jax
+import numpy as np
 import pytest
 
 from run_configs import config_module
 from twelve_in_one.data.generate import generate
+from twelve_in_one.interop import checkpoint_io
 from twelve_in_one.train.entry import run_training
 
 
@@ -21,15 +26,24 @@ def release(tmp_path_factory):
   """A tiny generated release, shared by the tests of this file."""
   folder = tmp_path_factory.mktemp("main_job") / "release"
   generate(folder, seed=0, num_images=8, num_val_images=4, num_test_images=4, num_regions=6,
-           progress=lambda message: None)
+           pretraining_corpus=True, progress=lambda message: None)
   return folder
 
 
 def _tiny_smoke_config(release, tasks: str, iterations: int):
-  """The smoke config on the tiny generated release, with the tiny model and batches of 8."""
+  """The smoke config on the tiny generated release, with the tiny model and batches of 8; the
+  pretraining phase (on, as in the main job) one epoch of the tiny model over its corpus."""
   config = config_module().get_config("smoke")
   config.model.name = "tiny"
   config.model.vocab_size = 30522   # the data is tokenized with bert-base-uncased
+  pretraining = config.pretraining
+  assert pretraining.enabled
+  pretraining.model.name = "tiny"
+  pretraining.model.vocab_size = 30522
+  pretraining.batch_size = 8
+  pretraining.schedule.num_epochs = 1
+  pretraining.data.max_boxes = 6
+  pretraining.compilation_cache_dir = ""
   config.data.release_dir = str(release)
   config.schedule.num_epochs = 1
   config.schedule.iterations_per_epoch = iterations
@@ -47,6 +61,24 @@ def _tiny_smoke_config(release, tasks: str, iterations: int):
 def test_tiny_main_job_end_to_end(release, tmp_path):
   config = _tiny_smoke_config(release, "vqa,refcoco", iterations=1)
   result = run_training(config, str(tmp_path / "work"))
+
+  # The tasks trained from the pretraining phase's export: the pretraining heads, which no
+  # task's loss reaches, are still exactly the pretrained ones, and not a fresh initialisation.
+  exported, _, meta = checkpoint_io.load_params(str(tmp_path / "work" / "pretrain" / "pretrained"))
+  # One caption per training scene of the three pools (8 each), in batches of 8: 3 steps.
+  assert meta["steps"] == 3 and meta["seed"] == config.seed
+  trained = flax.traverse_util.flatten_dict(jax.device_get(result.state.params), sep="/")
+  heads = {key: value for key, value in flax.traverse_util.flatten_dict(
+      exported, sep="/").items() if key.startswith("cls/")}
+  assert heads
+  for key, value in heads.items():
+    np.testing.assert_array_equal(trained[key], value, err_msg=key)
+  # A fresh initialisation's biases are zeros; the pretraining's update moved them.
+  assert any(np.any(value != 0) for key, value in heads.items() if key.endswith("bias"))
+
+  # A rerun finds both phases finished and recomputes nothing.
+  again = run_training(config, str(tmp_path / "work"))
+  assert again.results == result.results and not any(again.compilations.values())
 
   table = json.loads((tmp_path / "work" / "results.json").read_text())
   assert set(table) == set(result.results) == {"vqa", "refcoco"}
@@ -74,10 +106,16 @@ def test_study_compares_the_arms_with_equal_budgets_and_resumes(release, tmp_pat
     multi = json.loads((tmp_path / "study" / "multi_task" / "results.json").read_text())
     assert set(single) == {name} and row["single"] == single[name]["score"]
     assert row["multi"] == multi[name]["score"] and 0 < row["chance"] < 1
+    # The third arm: the multi-task run again, from the study's own pretraining.
+    pretrained = json.loads(
+        (tmp_path / "study" / "multi_task_pretrained" / "results.json").read_text())
+    assert row["pretrained"] == pretrained[name]["score"]
+  assert (tmp_path / "study" / "pretrain" / "pretrained" / checkpoint_io.META_FILE).exists()
   mean_single = (rows["vqa"]["single"] + rows["refcoco"]["single"]) / 2
   assert abs(out["mean"]["single"] - mean_single) < 1e-12
   table = (tmp_path / "study" / "study.md").read_text()
   assert table.count("\n") == 5 and "| **mean** | |" in table
+  assert "| multi-task, pretrained | pretrained − single |" in table.splitlines()[0]
 
   # A rerun reuses the finished runs (an interrupted study resumes the same way).
   (tmp_path / "study" / "study.md").unlink()

@@ -5,8 +5,10 @@
         --config.tasks=vqa,refcoco,nlvr2          # a subset of the tasks
 
 Trains the multi-task model (DIR/multi_task) and one single-task model per task
-(DIR/single/<task>) with the same config and the same number of updates per task, then prints
-the table and writes DIR/study.json and DIR/study.md. Rerunning resumes an interrupted study.
+(DIR/single/<task>) with the same config and the same number of updates per task, both from
+scratch; a config with `pretraining.enabled` (smoke) also pretrains (DIR/pretrain) and repeats
+the multi-task run from the pretrained model (DIR/multi_task_pretrained). Then it prints the
+table and writes DIR/study.json and DIR/study.md. Rerunning resumes an interrupted study.
 See `twelve_in_one/train/study.py`. A preempted study (SIGTERM) saves the run in progress and
 exits with status 143, as `train` does; rerun the same command to resume.
 """
