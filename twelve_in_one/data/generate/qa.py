@@ -36,8 +36,8 @@ from twelve_in_one.data.generate.scenes import Scene
 
 # Examples per image of each split.
 VQA_PER_IMAGE = {"train": 5.0, "val": 2.5, "test": 2.0}
-GENOME_PER_IMAGE = 4.0
-GQA_PER_IMAGE = 4.0
+GENOME_PER_IMAGE = 12.0
+GQA_PER_IMAGE = 12.0
 GQA_TEST_PER_IMAGE = 2.0
 _CODE = {"vqa": 11, "genome": 12, "gqa": 13}
 # Word pieces a question may use: max_seq_length minus [CLS] and [SEP].

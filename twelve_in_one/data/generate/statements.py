@@ -53,7 +53,7 @@ from twelve_in_one.data.generate.scenes import (
 
 NLVR2_MAX_PIECES = 40 - 2
 SNLI_VE_MAX_PIECES = 56 - 2
-NLVR2_PER_PAIR = {"train": 6.0, "dev": 5.0, "test": 5.0}
+NLVR2_PER_PAIR = {"train": 18.0, "dev": 5.0, "test": 5.0}
 SNLI_VE_PER_IMAGE = {"train": 5.0, "val": 3.0, "test": 3.0}
 _SNLI_VE_SPLITS = {"train": "train", "val": "dev", "test": "test"}
 
