@@ -218,7 +218,7 @@ def get_config(arg=None):
     # fit (and each step) measurably; the QA tasks then stay at their answer priors.
     config.model.dropout = 0.0
     config.data.generate_if_missing = True
-    config.schedule.num_epochs = 6
+    config.schedule.num_epochs = 8
     config.schedule.iterations_per_epoch = 50
     config.schedule.warmup_proportion = 0.05
     config.optimizer.base_lr = 2e-4
