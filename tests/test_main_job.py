@@ -121,3 +121,26 @@ def test_study_compares_the_arms_with_equal_budgets_and_resumes(release, tmp_pat
   (tmp_path / "study" / "study.md").unlink()
   again = run_study(config, str(tmp_path / "study"), say=lambda message: None)
   assert again["tasks"] == out["tasks"] and (tmp_path / "study" / "study.md").exists()
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda c: setattr(c.init, "checkpoint", "/data/pretrained_model.bin"),
+     "config.init.checkpoint and config.pretraining.enabled are both set"),
+    (lambda c: setattr(c.init, "bert", "/data/bert-base-uncased"),
+     "config.init.bert is set but the pretraining phase starts from scratch"),
+    (lambda c: setattr(c.pretraining.model, "name", "tiny"),
+     "config.pretraining.model.name='tiny' differs from config.model.name='small'"),
+])
+def test_a_run_that_pretrains_first_refuses_settings_it_would_ignore(change, message, tmp_path):
+  config = config_module().get_config("smoke")
+  change(config)
+  with pytest.raises(ValueError, match=message):
+    run_training(config, str(tmp_path / "work"))
+  assert not (tmp_path / "work").exists()   # refused before anything is generated or written
+
+
+def test_the_pretraining_phase_takes_the_runs_seed():
+  config = config_module().get_config("smoke")
+  config.seed = 7
+  assert config.pretraining.seed == 7
+  assert not config_module().get_config("twelve_in_one").pretraining.enabled
