@@ -6,12 +6,13 @@ The paper's run, 12 tasks, official batch sizes and learning rates, on a TPU pod
         --workdir gs://BUCKET/12in1 --config.data.data_dir gs://BUCKET/tfds \
         --config.init.checkpoint gs://BUCKET/pretrained_model.bin
 
-The CPU main job (generates the mini 12-in-1, prepares it, trains, evaluates; ~10 min):
+The CPU main job (generates the mini 12-in-1 with its caption corpus, prepares it, pretrains,
+trains the twelve tasks, evaluates; about 11 min on 2 cores):
 
     twelve-in-one train --config configs/twelve_in_one.py:smoke --workdir /tmp/12in1_smoke
 
-The paper's comparison in miniature: that multi-task run against one single-task run per task,
-same budget per task (~26 min):
+The paper's comparison in miniature: that multi-task run, from scratch and from the pretrained
+model, against one single-task run per task, same budget per task:
 
     twelve-in-one study --config configs/twelve_in_one.py:smoke --workdir /tmp/12in1_study
 

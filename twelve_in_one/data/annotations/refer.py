@@ -2,7 +2,7 @@
 
 The official ``refer_expression_dataset.py`` goes through the Python-2
 ``tools/refer`` submodule (``REFER(dataroot, dataset, splitBy)``), a common
-stumbling block (issues #33, #52). The two files it reads are simple, so we
+stumbling block for its users. The two files it reads are simple, so we
 read them directly, from the folder ``<dataroot>/<dataset>``:
 
 * ``refs(unc).p`` (RefCOCO, RefCOCO+) or ``refs(umd).p`` (RefCOCOg): a
