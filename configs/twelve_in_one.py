@@ -57,12 +57,17 @@ from twelve_in_one.tasks import registry
 TWELVE = registry.TWELVE_TASKS
 
 
-def _mesh_module():
+def _sibling_config(name):
+  """The config module `configs/<name>.py` beside this one (configs are files, not a package)."""
   spec = importlib.util.spec_from_file_location(
-      "twelve_in_one_mesh_presets", os.path.join(os.path.dirname(__file__), "mesh.py"))
+      f"twelve_in_one_{name}_config", os.path.join(os.path.dirname(__file__), f"{name}.py"))
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module
+
+
+def _mesh_module():
+  return _sibling_config("mesh")
 
 
 def _mesh_preset(name):
@@ -71,11 +76,7 @@ def _mesh_preset(name):
 
 def _pretraining(variant):
   """`configs/pretrain.py:<variant>`, the config of the run's pretraining phase."""
-  spec = importlib.util.spec_from_file_location(
-      "twelve_in_one_pretrain_config", os.path.join(os.path.dirname(__file__), "pretrain.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(variant)
+  return _sibling_config("pretrain").get_config(variant)
 
 
 def _task_settings(names, shrink=None):

@@ -46,7 +46,7 @@ def pretrain_fixture_dir() -> pathlib.Path:
 def tiny_straight_run(tmp_path_factory):
   """One uninterrupted tiny training run (vqa + refcoco, 6 iterations, a save every 2):
   (its workdir, its final parameters by path). The preemption, SIGKILL and multi-process tests
-  all compare against this same run, so it is trained once per session."""
+  all compare against this same run, so it is trained once per test run."""
   from run_configs import flat_params, tiny_config_dict
   from twelve_in_one.train import loop as loop_lib
   config = tiny_config_dict(tasks="vqa,refcoco", **{"schedule.num_epochs": 6,

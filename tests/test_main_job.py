@@ -127,7 +127,7 @@ def test_study_compares_the_arms_with_equal_budgets_and_resumes(release, tmp_pat
     (lambda c: setattr(c.init, "checkpoint", "/data/pretrained_model.bin"),
      "config.init.checkpoint and config.pretraining.enabled are both set"),
     (lambda c: setattr(c.init, "bert", "/data/bert-base-uncased"),
-     "config.init.bert is set but the pretraining phase starts from scratch"),
+     "config.init.bert is set, but the tasks start from the pretraining phase.s export"),
     (lambda c: setattr(c.pretraining.model, "name", "tiny"),
      "config.pretraining.model.name='tiny' differs from config.model.name='small'"),
 ])

@@ -65,8 +65,7 @@ def run_training(config, workdir: str) -> RunResult:
   pretraining_phase.check(config)
   summary = ensure_data(config, workdir)
   if pretraining_phase.enabled(config):
-    release = config.data.release_dir if summary is not None else None
-    pretrained, preempted = pretraining_phase.pretrain_first(config, workdir, release)
+    pretrained, preempted = pretraining_phase.pretrain_first(config, workdir)
     if preempted:
       return RunResult(iterations=0, results={}, state=None, compilations={}, preempted=True)
     config = copy.deepcopy(config)   # the caller's config still says "pretrain first"

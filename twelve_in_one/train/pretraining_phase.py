@@ -37,10 +37,10 @@ def check(config) -> None:
     raise ValueError("config.init.checkpoint and config.pretraining.enabled are both set: "
                      "a run starts either from a given checkpoint or from its own pretraining; "
                      "set --config.pretraining.enabled=false to start from the checkpoint")
-  if config.init.bert and not config.pretraining.init.bert:
-    raise ValueError("config.init.bert is set but the pretraining phase starts from scratch; "
-                     "set config.pretraining.init.bert instead (the pretraining's parameters "
-                     "replace the run's initialisation)")
+  if config.init.bert:
+    raise ValueError("config.init.bert is set, but the tasks start from the pretraining phase's "
+                     "export; set config.pretraining.init.bert to start the pretraining from "
+                     "that BERT")
   for key in ("name", "vocab_size"):
     ours, theirs = config.model[key], config.pretraining.model[key]
     if ours != theirs:
@@ -49,14 +49,14 @@ def check(config) -> None:
                        "model the tasks train")
 
 
-def pretrain_first(config, workdir: str, release_dir: str | None) -> tuple[str | None, bool]:
+def pretrain_first(config, workdir: str) -> tuple[str | None, bool]:
   """Runs (or resumes, or finds finished) the pretraining phase.
 
   Args:
-    config: the training config; `config.pretraining` is the pretraining config.
+    config: the training config, after `entry.ensure_data`; `config.pretraining` is the
+      pretraining config. A pretraining that generates its corpus reads the release the tasks
+      were generated into.
     workdir: the run's workdir; the pretraining runs in `<workdir>/pretrain`.
-    release_dir: the generated release the tasks train on (None: the pretraining config's own
-      data settings).
 
   Returns:
     (the pretrained parameters' location, preempted). The location is None when preempted.
@@ -66,8 +66,9 @@ def pretrain_first(config, workdir: str, release_dir: str | None) -> tuple[str |
   pretraining = config.pretraining
   with pretraining.unlocked():
     pretraining.seed = config.seed
-    if release_dir and pretraining.data.generate_if_missing and not pretraining.data.release_dir:
-      pretraining.data.release_dir = release_dir
+    if (config.data.generate_if_missing and pretraining.data.generate_if_missing
+        and not pretraining.data.release_dir):
+      pretraining.data.release_dir = config.data.release_dir
   target = os.fspath(paths.as_path(workdir) / PRETRAIN_DIR)
   result = pretrain(pretraining, target)
   if result.preempted:

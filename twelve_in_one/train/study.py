@@ -156,9 +156,8 @@ def run_study(config, workdir: str, say: Callable[[str], None] | None = None) ->
   multi_updates = _updates_per_task(multi_dir)
   pretrained = None
   if with_pretraining:
-    release = config.data.release_dir if summary is not None else None
     say(f"pretraining in {os.path.join(workdir, pretraining_phase.PRETRAIN_DIR)}")
-    location, preempted = pretraining_phase.pretrain_first(config, workdir, release)
+    location, preempted = pretraining_phase.pretrain_first(config, workdir)
     if preempted:
       raise InterruptedError(f"{workdir}/{pretraining_phase.PRETRAIN_DIR} was preempted; rerun "
                              "the same command to resume")
